@@ -1,0 +1,89 @@
+"""NTNDArray helpers: build and read frames exactly as areaDetector's NDPluginPva does.
+
+p4p's ``NTNDArray().wrap`` leaves ``uniqueId`` at 0 and no ``dataTimeStamp``; a
+detector sets both, and every consumer downstream (edge, stitcher, clients)
+relies on them to tell frames apart and to measure latency. These helpers keep
+that in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from p4p import Value
+from p4p.nt import NTNDArray
+
+_NT = NTNDArray()
+
+SUPPORTED_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32,
+                    np.uint64, np.int64, np.float32, np.float64)
+
+
+def _split_time(t: float) -> tuple[int, int]:
+    sec = int(t)
+    return sec, int(round((t - sec) * 1e9)) % 1_000_000_000
+
+
+def make_frame(array: np.ndarray, unique_id: int, timestamp: float | None = None,
+               attributes: dict[str, Any] | None = None) -> Value:
+    """Wrap a 2-D array as an NTNDArray value with its id, time stamp and attributes.
+
+    ``timestamp`` is POSIX seconds (default: now) and goes to both
+    ``dataTimeStamp`` (when the data were taken) and ``timeStamp``.
+    """
+    value = _NT.wrap(np.ascontiguousarray(array), attrib=attributes or {})
+    sec, nsec = _split_time(time.time() if timestamp is None else timestamp)
+    value["uniqueId"] = int(unique_id) & 0x7FFFFFFF
+    value["dataTimeStamp.secondsPastEpoch"] = sec
+    value["dataTimeStamp.nanoseconds"] = nsec
+    value["timeStamp.secondsPastEpoch"] = sec
+    value["timeStamp.nanoseconds"] = nsec
+    return value
+
+
+@dataclass
+class Frame:
+    """A received frame: the image in numpy form plus what identifies it."""
+
+    array: np.ndarray
+    unique_id: int
+    timestamp: float
+    attributes: dict[str, Any]
+
+
+def attributes_of(value: Value) -> dict[str, Any]:
+    """The NDAttributes of an NTNDArray value as a plain dict."""
+    out: dict[str, Any] = {}
+    for elem in value.get("attribute", []) or []:
+        out[elem["name"]] = elem["value"]
+    return out
+
+
+def timestamp_of(value: Value) -> float:
+    """``dataTimeStamp`` as POSIX seconds."""
+    return float(value["dataTimeStamp.secondsPastEpoch"]) + \
+        float(value["dataTimeStamp.nanoseconds"]) * 1e-9
+
+
+def read_frame(value: Value) -> Frame:
+    """Decode an NTNDArray value (as given to a monitor callback) into a :class:`Frame`.
+
+    The image keeps the detector's dtype; the shape is rebuilt from the
+    ``dimension`` field (fastest-varying first, as areaDetector sends it).
+    Raises ``ValueError`` for values that are not a 2-D image.
+    """
+    raw = value["value"]
+    if raw is None:
+        raise ValueError("NTNDArray carries no data (empty union)")
+    flat = np.asarray(raw)
+    dims = [int(d["size"]) for d in value["dimension"]]
+    if len(dims) != 2:
+        raise ValueError(f"expected a 2-D image, got {len(dims)} dimension(s) {dims}")
+    shape = tuple(reversed(dims))
+    if flat.size != shape[0] * shape[1]:
+        raise ValueError(f"data has {flat.size} elements, dimensions say {shape}")
+    return Frame(flat.reshape(shape), int(value["uniqueId"]), timestamp_of(value),
+                 attributes_of(value))

@@ -1,0 +1,364 @@
+"""The scan file: what a ptychography scan is, on disk and in memory.
+
+On disk it is an areaDetector/NeXus-style HDF5 file (see DESIGN.md, "Files"):
+
+- ``/entry/data/data`` (N, H, W) detector counts, diffraction centred in the frame;
+- ``/entry/instrument/positions/x`` and ``.../y`` (N,) in metres, relative to the
+  centre of the object;
+- ``/entry/instrument`` attributes ``energy`` (eV), ``detector_distance`` (m),
+  ``pixel_size`` (m), each with a ``<name>_units`` attribute;
+- optional ``/entry/instrument/probe`` (H, W) complex;
+- optional ``/entry/sample/truth`` (complex object of a simulated scan) with its
+  ``pixel_size`` attribute in metres.
+
+A file is complete when its writer renames it from ``*.h5.part`` to ``*.h5``;
+every writer here does exactly that, so a reader that sees ``*.h5`` sees a
+whole file.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+PART_SUFFIX = ".part"
+PLANCK_EV_M = 1.239841984e-6  # h*c in eV*m: wavelength [m] = PLANCK_EV_M / energy [eV]
+
+_LENGTH_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
+_ENERGY_UNITS = {"eV": 1.0, "keV": 1e3}
+
+
+class ScanFileError(ValueError):
+    """A scan file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+@dataclass
+class Scan:
+    """One ptychography scan in memory.
+
+    ``positions`` is (N, 2) in metres, columns (y, x), relative to the object's
+    centre; frames are centred diffraction patterns (zero frequency in the middle).
+    """
+
+    data: np.ndarray
+    positions: np.ndarray
+    energy_ev: float
+    distance_m: float
+    pixel_size_m: float
+    probe: np.ndarray | None = None
+    truth: np.ndarray | None = None
+    truth_pixel_size_m: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames (and positions)."""
+        return int(self.data.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(H, W) of one detector frame."""
+        return int(self.data.shape[1]), int(self.data.shape[2])
+
+    @property
+    def wavelength_m(self) -> float:
+        """X-ray wavelength from the photon energy."""
+        return PLANCK_EV_M / self.energy_ev
+
+    @property
+    def object_pixel_size_m(self) -> float:
+        """Real-space pixel of the far-field geometry: lambda * z / (N * p)."""
+        return self.wavelength_m * self.distance_m / (self.frame_shape[0] * self.pixel_size_m)
+
+    def positions_px(self) -> np.ndarray:
+        """Positions in object pixels, (y, x)."""
+        return self.positions / self.object_pixel_size_m
+
+    def validate(self, source: str | os.PathLike[str] = "<scan>") -> None:
+        """Raise :class:`ScanFileError` for anything a solver or trainer would choke on."""
+        d = self.data
+        if d.ndim != 3:
+            raise ScanFileError(source, f"/entry/data/data must be (N, H, W), got shape {d.shape}")
+        if d.shape[0] == 0:
+            raise ScanFileError(source, "/entry/data/data holds no frames")
+        if d.shape[1] != d.shape[2]:
+            raise ScanFileError(source, f"frames must be square, got {d.shape[1]}x{d.shape[2]}")
+        if self.positions.shape != (d.shape[0], 2):
+            raise ScanFileError(
+                source, f"{d.shape[0]} frames but positions have shape {self.positions.shape}; "
+                "every frame needs one (x, y) position")
+        if np.issubdtype(d.dtype, np.floating) and not np.all(np.isfinite(d)):
+            raise ScanFileError(source, "/entry/data/data contains NaN or infinity")
+        if np.issubdtype(d.dtype, np.signedinteger) or np.issubdtype(d.dtype, np.floating):
+            if d.size and float(d.min()) < 0:
+                raise ScanFileError(source, "/entry/data/data has negative counts")
+        if not np.all(np.isfinite(self.positions)):
+            raise ScanFileError(source, "positions contain NaN or infinity")
+        for name, v in (("energy", self.energy_ev), ("detector_distance", self.distance_m),
+                        ("pixel_size", self.pixel_size_m)):
+            if not (np.isfinite(v) and v > 0):
+                raise ScanFileError(source, f"/entry/instrument attribute {name} must be a "
+                                            f"positive number, got {v!r}")
+        if self.probe is not None and self.probe.shape != d.shape[1:]:
+            raise ScanFileError(source, f"probe shape {self.probe.shape} differs from the frame "
+                                        f"shape {d.shape[1:]}")
+        if self.truth is not None:
+            if self.truth.ndim != 2:
+                raise ScanFileError(source, "/entry/sample/truth must be a 2-D complex image")
+            if not np.all(np.isfinite(self.truth)):
+                raise ScanFileError(source, "/entry/sample/truth contains NaN or infinity")
+            px = self.truth_pixel_size_m or self.object_pixel_size_m
+            half = np.array(self.truth.shape) * px / 2
+            span = np.abs(self.positions).max(axis=0) + np.array(d.shape[1:]) * px / 2
+            if np.any(span > half * (1 + 1e-6)):
+                raise ScanFileError(source, "scan positions plus frame reach outside the truth "
+                                            "object; enlarge the object or shrink the scan")
+
+
+def _length(attrs: Any, name: str, path: str | os.PathLike[str]) -> float:
+    if name not in attrs:
+        raise ScanFileError(path, f"/entry/instrument has no attribute {name!r}; write it in "
+                                  "metres with a '<name>_units' attribute")
+    unit = attrs.get(f"{name}_units", "m")
+    unit = unit.decode() if isinstance(unit, bytes) else str(unit)
+    if unit not in _LENGTH_UNITS:
+        raise ScanFileError(path, f"unknown unit {unit!r} for {name}; use one of "
+                                  f"{sorted(_LENGTH_UNITS)}")
+    return float(attrs[name]) * _LENGTH_UNITS[unit]
+
+
+def _energy(attrs: Any, path: str | os.PathLike[str]) -> float:
+    if "energy" not in attrs:
+        raise ScanFileError(path, "/entry/instrument has no attribute 'energy' (photon energy "
+                                  "in eV)")
+    unit = attrs.get("energy_units", "eV")
+    unit = unit.decode() if isinstance(unit, bytes) else str(unit)
+    if unit not in _ENERGY_UNITS:
+        raise ScanFileError(path, f"unknown energy unit {unit!r}; use eV or keV")
+    return float(attrs["energy"]) * _ENERGY_UNITS[unit]
+
+
+def _require(f: h5py.File, key: str, path: str | os.PathLike[str]) -> h5py.Dataset:
+    if key not in f:
+        raise ScanFileError(path, f"missing dataset {key}")
+    obj = f[key]
+    if not isinstance(obj, h5py.Dataset):
+        raise ScanFileError(path, f"{key} is not a dataset")
+    return obj
+
+
+def read_scan(path: str | os.PathLike[str], *, frames: bool = True) -> Scan:
+    """Read and validate a scan file (HDF5 of ours, or the Siemens-star ``.npz.bz2``).
+
+    With ``frames=False`` the detector data are not loaded (``data`` is an empty
+    array of the right dtype and frame shape), for callers that only need geometry.
+    """
+    p = Path(path)
+    if p.name.endswith(".npz.bz2") or p.suffix == ".npz":
+        return read_siemens_star(p)
+    if not p.exists():
+        raise ScanFileError(p, "no such file")
+    if p.name.endswith(PART_SUFFIX):
+        raise ScanFileError(p, "is still being written (*.part); wait until it is renamed")
+    try:
+        with h5py.File(p, "r") as f:
+            ds = _require(f, "entry/data/data", p)
+            if frames:
+                data = ds[()]
+            else:
+                data = np.zeros((ds.shape[0], *ds.shape[1:]), dtype=ds.dtype) if ds.ndim == 3 \
+                    else ds[()]
+            x = _require(f, "entry/instrument/positions/x", p)[()]
+            y = _require(f, "entry/instrument/positions/y", p)[()]
+            if x.shape != y.shape or x.ndim != 1:
+                raise ScanFileError(p, f"positions x {x.shape} and y {y.shape} must be equal "
+                                       "1-D arrays")
+            inst = f["entry/instrument"].attrs
+            energy = _energy(inst, p)
+            distance = _length(inst, "detector_distance", p)
+            pixel = _length(inst, "pixel_size", p)
+            probe = f["entry/instrument/probe"][()] if "entry/instrument/probe" in f else None
+            truth = None
+            truth_px = None
+            if "entry/sample/truth" in f:
+                t = f["entry/sample/truth"]
+                truth = t[()]
+                truth_px = float(t.attrs["pixel_size"]) if "pixel_size" in t.attrs else None
+            meta = {k: (v.decode() if isinstance(v, bytes) else v)
+                    for k, v in f["entry"].attrs.items()}
+    except ScanFileError:
+        raise
+    except (OSError, KeyError) as exc:
+        raise ScanFileError(p, f"not a readable HDF5 scan file ({exc}); was it truncated or "
+                               "copied before its writer finished?") from exc
+    scan = Scan(data=data, positions=np.stack([y, x], axis=1).astype(np.float64),
+                energy_ev=energy, distance_m=distance, pixel_size_m=pixel, probe=probe,
+                truth=truth, truth_pixel_size_m=truth_px, metadata=meta)
+    if frames:
+        scan.validate(p)
+    return scan
+
+
+def final_path(path: str | os.PathLike[str]) -> Path:
+    """The complete name of a scan file (without ``.part``)."""
+    p = Path(path)
+    return p.with_name(p.name[: -len(PART_SUFFIX)]) if p.name.endswith(PART_SUFFIX) else p
+
+
+class ScanWriter:
+    """Write a scan frame by frame to ``NAME.h5.part``; :meth:`close` renames it to ``NAME.h5``.
+
+    The simulator writes while it streams; until the rename no reader (nor the
+    IOC's Auto mode) takes the file for a complete scan.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], frame_shape: tuple[int, int],
+                 dtype: np.dtype | type, *, energy_ev: float, distance_m: float,
+                 pixel_size_m: float, probe: np.ndarray | None = None,
+                 truth: np.ndarray | None = None, truth_pixel_size_m: float | None = None,
+                 metadata: dict[str, Any] | None = None, expected_frames: int = 0) -> None:
+        self.path = final_path(path)
+        if self.path.suffix != ".h5":
+            raise ScanFileError(self.path, "scan files must end in .h5")
+        self.part = self.path.with_name(self.path.name + PART_SUFFIX)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = h5py.File(self.part, "w")
+        entry = self._f.create_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        for k, v in (metadata or {}).items():
+            entry.attrs[k] = v
+        data = entry.create_group("data")
+        data.attrs["NX_class"] = "NXdata"
+        chunk = (1, *frame_shape)
+        self._data = data.create_dataset(
+            "data", shape=(0, *frame_shape), maxshape=(None, *frame_shape),
+            dtype=np.dtype(dtype), chunks=chunk)
+        self._data.attrs["units"] = "counts"
+        inst = entry.create_group("instrument")
+        inst.attrs["NX_class"] = "NXinstrument"
+        inst.attrs["energy"] = float(energy_ev)
+        inst.attrs["energy_units"] = "eV"
+        inst.attrs["detector_distance"] = float(distance_m)
+        inst.attrs["detector_distance_units"] = "m"
+        inst.attrs["pixel_size"] = float(pixel_size_m)
+        inst.attrs["pixel_size_units"] = "m"
+        if probe is not None:
+            inst.create_dataset("probe", data=probe.astype(np.complex64))
+        if truth is not None:
+            sample = entry.create_group("sample")
+            t = sample.create_dataset("truth", data=truth.astype(np.complex64))
+            if truth_pixel_size_m is not None:
+                t.attrs["pixel_size"] = float(truth_pixel_size_m)
+                t.attrs["pixel_size_units"] = "m"
+        self._x: list[float] = []
+        self._y: list[float] = []
+        self._n = 0
+        if expected_frames:
+            self._data.resize(expected_frames, axis=0)
+
+    @property
+    def frames_written(self) -> int:
+        """How many frames have been appended so far."""
+        return self._n
+
+    def append(self, frame: np.ndarray, y_m: float, x_m: float) -> None:
+        """Append one frame and its position (metres)."""
+        if self._n >= self._data.shape[0]:
+            self._data.resize(max(self._n + 1, 2 * self._data.shape[0]), axis=0)
+        self._data[self._n] = frame
+        self._y.append(float(y_m))
+        self._x.append(float(x_m))
+        self._n += 1
+
+    def close(self) -> Path:
+        """Finish the file and make it visible under its final name."""
+        self._data.resize(self._n, axis=0)
+        pos = self._f["entry/instrument"].create_group("positions")
+        for name, values in (("x", self._x), ("y", self._y)):
+            ds = pos.create_dataset(name, data=np.asarray(values, dtype=np.float64))
+            ds.attrs["units"] = "m"
+        self._f.close()
+        os.replace(self.part, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Drop an unfinished file: nothing half-written stays behind."""
+        try:
+            self._f.close()
+        finally:
+            self.part.unlink(missing_ok=True)
+
+
+@contextmanager
+def scan_writer(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> Iterator[ScanWriter]:
+    """:class:`ScanWriter` as a context: renamed on success, removed on error."""
+    w = ScanWriter(path, *args, **kwargs)
+    try:
+        yield w
+    except BaseException:
+        w.discard()
+        raise
+    w.close()
+
+
+def write_scan(path: str | os.PathLike[str], scan: Scan) -> Path:
+    """Write a whole in-memory scan atomically; returns the final path."""
+    scan.validate(path)
+    with scan_writer(path, scan.frame_shape, scan.data.dtype, energy_ev=scan.energy_ev,
+                     distance_m=scan.distance_m, pixel_size_m=scan.pixel_size_m,
+                     probe=scan.probe, truth=scan.truth,
+                     truth_pixel_size_m=scan.truth_pixel_size_m, metadata=scan.metadata,
+                     expected_frames=scan.n_frames) as w:
+        for frame, (y, x) in zip(scan.data, scan.positions, strict=True):
+            w.append(frame, y, x)
+    return final_path(path)
+
+
+# Nominal geometry for the Siemens-star set, which ships positions in pixels only.
+SIEMENS_ENERGY_EV = 8800.0
+SIEMENS_DISTANCE_M = 2.0
+SIEMENS_PIXEL_M = 75e-6
+
+
+def read_siemens_star(path: str | os.PathLike[str]) -> Scan:
+    """Read Tike's Siemens-star set (``.npz.bz2``) into a :class:`Scan`.
+
+    Its frames have zero frequency at the corner: they are ``fftshift``-ed to the
+    centre like a detector's. Positions come in object pixels (y, x); they are
+    given metres through a nominal geometry (8.8 keV, 2 m, 75 µm pixels), which
+    only sets the physical scale, not the reconstruction.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ScanFileError(p, "no such file; the Siemens-star set lives in ../shared/data/")
+    try:
+        raw = bz2.open(p).read() if p.name.endswith(".bz2") else p.read_bytes()
+        npz = np.load(io.BytesIO(raw))
+        data = np.asarray(npz["data"])[0]
+        probe = np.asarray(npz["probe"]).reshape(data.shape[1:])
+        scan_px = np.asarray(npz["scan"])[0].astype(np.float64)
+    except (OSError, EOFError, KeyError, ValueError) as exc:
+        raise ScanFileError(p, f"not a readable Siemens-star archive ({exc})") from exc
+    data = np.fft.fftshift(data, axes=(-2, -1)).astype(np.float32)
+    data = np.clip(data, 0, None)
+    scan_px -= scan_px.mean(axis=0)
+    s = Scan(data=data, positions=np.zeros((data.shape[0], 2)), energy_ev=SIEMENS_ENERGY_EV,
+             distance_m=SIEMENS_DISTANCE_M, pixel_size_m=SIEMENS_PIXEL_M,
+             probe=probe.astype(np.complex64), metadata={"source": "siemens-star-small (Tike)"})
+    s.positions = scan_px * s.object_pixel_size_m
+    s.validate(p)
+    return s
