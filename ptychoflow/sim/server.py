@@ -1,0 +1,226 @@
+"""The detector simulator's pvAccess server: frames out like areaDetector's NDPluginPva.
+
+It serves ``$(P)Pva1:Image`` (NTNDArray with ``uniqueId``, ``dataTimeStamp``
+and the scan position as ``PositionX``/``PositionY`` attributes in metres)
+and the areaDetector-style scalars of ``ptychoflow.pvnames.DETECTOR``. An
+acquisition streams one scan at ``cam1:AcquireRate`` and saves the same frames
+to a scan file (``*.h5.part`` renamed to ``*.h5`` when complete), whose name
+``HDF1:FullFileName_RBV`` shows while it is being written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from p4p.nt import NTScalar
+from p4p.server import Server
+from p4p.server.thread import SharedPV
+
+from ptychoflow.ntnda import make_frame
+from ptychoflow.pvnames import DETECTOR, by_suffix
+from ptychoflow.scanfile import Scan, ScanWriter
+
+log = logging.getLogger(__name__)
+
+_SPECS = by_suffix(DETECTOR)
+_NT_CODES = {"NTScalar:i": "i", "NTScalar:l": "l", "NTScalar:d": "d", "NTScalar:s": "s"}
+
+
+def next_scan_path(out_dir: Path, name: str) -> Path:
+    """``out_dir/name_0001.h5``, the first number whose file (or ``.part``) does not exist."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    i = 1
+    while (out_dir / f"{name}_{i:04d}.h5").exists() or \
+            (out_dir / f"{name}_{i:04d}.h5.part").exists():
+        i += 1
+    return out_dir / f"{name}_{i:04d}.h5"
+
+
+class DetectorSimulator:
+    """Streams a :class:`Scan` over pvAccess on demand and saves what it streamed.
+
+    ``cam1:Acquire`` = 1 starts an acquisition of the whole scan; it returns to
+    0 when the scan ends or when a client puts 0 (the frames sent so far are
+    saved as a complete, shorter scan file: nothing streamed is lost).
+    """
+
+    def __init__(self, prefix: str, scan: Scan, rate: float = 0.0,
+                 out_dir: Path | None = None, name: str = "scan") -> None:
+        self.prefix = prefix
+        self.scan = scan
+        self.out_dir = out_dir
+        self.name = name
+        self.acquisitions = 0
+        self.last_file: Path | None = None
+        self._go = threading.Event()
+        self._stop_acq = threading.Event()
+        self._shutdown = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self.rate = float(rate)
+        self.pvs: dict[str, SharedPV] = {}
+        self.image = SharedPV(initial=make_frame(np.zeros(scan.frame_shape, scan.data.dtype), 0))
+        self.pvs["Pva1:Image"] = self.image
+        for suffix, spec in _SPECS.items():
+            if spec.record == "NTNDArray":
+                continue
+            code = _NT_CODES[spec.record]
+            initial: Any = spec.initial if code != "s" else str(spec.initial)
+            pv = SharedPV(nt=NTScalar(code, display=True), initial=initial)
+            self.pvs[suffix] = pv
+        self.pvs["cam1:AcquireRate"].post(self.rate)
+        self._on_put("cam1:Acquire", self._put_acquire)
+        self._on_put("cam1:AcquireRate", self._put_rate)
+        self._thread = threading.Thread(target=self._loop, name="sim-stream", daemon=True)
+
+    def _on_put(self, suffix: str, handler: Callable[[Any], str | None]) -> None:
+        pv = self.pvs[suffix]
+
+        @pv.put
+        def _put(pv: SharedPV, op: Any) -> None:
+            try:
+                error = handler(op.value())
+            except (TypeError, ValueError) as exc:
+                error = str(exc)
+            if error:
+                op.done(error=error)
+            else:
+                pv.post(op.value())
+                op.done()
+
+    def _put_acquire(self, value: Any) -> str | None:
+        v = int(value)
+        if v not in (0, 1):
+            return f"cam1:Acquire takes 0 (stop) or 1 (acquire), not {v}"
+        if v == 1:
+            self._stop_acq.clear()
+            self._idle.clear()  # busy from the moment the put is accepted
+            self._go.set()
+        else:
+            self._stop_acq.set()
+        return None
+
+    def _put_rate(self, value: Any) -> str | None:
+        r = float(value)
+        if not np.isfinite(r) or r < 0:
+            return f"cam1:AcquireRate must be >= 0 Hz (0 = as fast as possible), not {r}"
+        self.rate = r
+        return None
+
+    @property
+    def providers(self) -> dict[str, SharedPV]:
+        """PV name -> SharedPV, for a p4p ``Server``."""
+        return {self.prefix + s: pv for s, pv in self.pvs.items()}
+
+    def start(self, acquire: bool = False) -> None:
+        """Start the streaming thread; with ``acquire``, begin an acquisition at once."""
+        self._thread.start()
+        if acquire:
+            self._put_acquire(1)
+            self.pvs["cam1:Acquire"].post(1)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no acquisition is running (after one has started)."""
+        return self._idle.wait(timeout)
+
+    def shutdown(self) -> None:
+        """Stop any acquisition (saving what was sent) and end the streaming thread."""
+        self._stop_acq.set()
+        self._shutdown.set()
+        self._go.set()
+        if self._thread.is_alive():
+            self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._shutdown.is_set():
+            self._go.wait()
+            self._go.clear()
+            if self._shutdown.is_set():
+                break
+            self._idle.clear()
+            try:
+                self._acquire()
+            except Exception:
+                log.exception("acquisition failed")
+            finally:
+                self.pvs["cam1:Acquire"].post(0)
+                self._idle.set()
+
+    def _acquire(self) -> None:
+        scan = self.scan
+        writer = None
+        if self.out_dir is not None:
+            path = next_scan_path(self.out_dir, self.name)
+            writer = ScanWriter(path, scan.frame_shape, scan.data.dtype, energy_ev=scan.energy_ev,
+                                distance_m=scan.distance_m, pixel_size_m=scan.pixel_size_m,
+                                probe=scan.probe, truth=scan.truth,
+                                truth_pixel_size_m=scan.truth_pixel_size_m,
+                                metadata=scan.metadata, expected_frames=scan.n_frames)
+            self.pvs["HDF1:FullFileName_RBV"].post(str(writer.path))
+        self.acquisitions += 1
+        counter, rate_pv = self.pvs["cam1:ArrayCounter_RBV"], self.pvs["cam1:ArrayRate_RBV"]
+        counter.post(0)
+        log.info("acquisition %d: %d frames at %s", self.acquisitions, scan.n_frames,
+                 f"{self.rate:g} Hz" if self.rate > 0 else "full speed")
+        t0 = last_report = time.perf_counter()
+        sent_at_report = 0
+        sent = 0
+        try:
+            for i in range(scan.n_frames):
+                if self._stop_acq.is_set():
+                    break
+                if self.rate > 0:
+                    due = t0 + i / self.rate
+                    delay = due - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                y, x = scan.positions[i]
+                frame = scan.data[i]
+                self.image.post(make_frame(frame, i + 1, time.time(), {
+                    "PositionX": float(x), "PositionY": float(y),
+                    "ScanId": self.acquisitions}))
+                if writer is not None:
+                    writer.append(frame, y, x)
+                sent = i + 1
+                now = time.perf_counter()
+                if now - last_report >= 0.2:
+                    counter.post(sent)
+                    rate_pv.post((sent - sent_at_report) / (now - last_report))
+                    last_report, sent_at_report = now, sent
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
+        elapsed = time.perf_counter() - t0
+        counter.post(sent)
+        rate_pv.post(sent / elapsed if elapsed > 0 else 0.0)
+        if writer is not None:
+            if sent:
+                self.last_file = writer.close()
+                log.info("saved %d frames to %s (%.0f frames/s)", sent, self.last_file,
+                         sent / elapsed if elapsed > 0 else 0.0)
+            else:
+                writer.discard()
+
+
+def serve(sim: DetectorSimulator, acquire: bool, keep_serving: bool,
+          stop: threading.Event, delay: float = 0.0) -> None:
+    """Run the server until ``stop`` is set, or (without ``keep_serving``) the scan ends."""
+    with Server(providers=[sim.providers]):
+        log.info("serving %sPva1:Image (%d frames of %dx%d %s)", sim.prefix, sim.scan.n_frames,
+                 *sim.scan.frame_shape, sim.scan.data.dtype)
+        if delay > 0:
+            stop.wait(delay)
+        sim.start(acquire=acquire and not stop.is_set())
+        if acquire and not keep_serving:
+            while not stop.is_set() and not sim.wait_idle(0.1):
+                pass
+        else:
+            stop.wait()
+        sim.shutdown()
