@@ -34,13 +34,18 @@ EXTRA_FOR = {"softioc": "ioc", "ophyd": "ioc", "bluesky": "ioc", "ophyd_async": 
              "globus_sdk": "remote", "globus_compute_sdk": "remote", "onnxruntime": "edge"}
 
 
-def common_parser() -> argparse.ArgumentParser:
-    """Options every subcommand takes: configuration file and log level."""
+def common_parser(top: bool = False) -> argparse.ArgumentParser:
+    """Options every subcommand takes: configuration file and log level.
+
+    Only the top-level parser sets defaults; a subcommand's copy of the options
+    is suppressed when not given, so ``ptychoflow --log-level X sim`` keeps X.
+    """
+    default = None if top else argparse.SUPPRESS
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--config", default=None,
+    p.add_argument("--config", default=default,
                    help="TOML configuration file (default: ptychoflow.toml in the working "
                         "folder, if present)")
-    p.add_argument("--log-level", default=None,
+    p.add_argument("--log-level", default=default,
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="logging level (default: INFO)")
     return p
@@ -50,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every subcommand whose module is installed."""
     common = common_parser()
     parser = argparse.ArgumentParser(
-        prog="ptychoflow", parents=[common],
+        prog="ptychoflow", parents=[common_parser(top=True)],
         description="Real-time, AI-accelerated X-ray ptychography over EPICS.")
     parser.add_argument("--version", action="version", version=f"ptychoflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

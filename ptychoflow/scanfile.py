@@ -243,7 +243,7 @@ class ScanWriter:
             entry.attrs[k] = v
         data = entry.create_group("data")
         data.attrs["NX_class"] = "NXdata"
-        chunk = (1, *frame_shape)
+        chunk = (min(8, max(1, expected_frames)), *frame_shape)
         self._data = data.create_dataset(
             "data", shape=(0, *frame_shape), maxshape=(None, *frame_shape),
             dtype=np.dtype(dtype), chunks=chunk)
@@ -283,6 +283,18 @@ class ScanWriter:
         self._y.append(float(y_m))
         self._x.append(float(x_m))
         self._n += 1
+
+    def append_block(self, frames: np.ndarray, positions: np.ndarray) -> None:
+        """Append several frames with their (y, x) positions in one HDF5 write."""
+        n = len(frames)
+        if positions.shape != (n, 2):
+            raise ValueError(f"{n} frames need ({n}, 2) positions, got {positions.shape}")
+        if self._n + n > self._data.shape[0]:
+            self._data.resize(max(self._n + n, 2 * self._data.shape[0]), axis=0)
+        self._data[self._n:self._n + n] = frames
+        self._y.extend(positions[:, 0].tolist())
+        self._x.extend(positions[:, 1].tolist())
+        self._n += n
 
     def close(self) -> Path:
         """Finish the file and make it visible under its final name."""

@@ -11,6 +11,7 @@ to a scan file (``*.h5.part`` renamed to ``*.h5`` when complete), whose name
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -154,59 +155,115 @@ class DetectorSimulator:
 
     def _acquire(self) -> None:
         scan = self.scan
-        writer = None
-        if self.out_dir is not None:
-            path = next_scan_path(self.out_dir, self.name)
-            writer = ScanWriter(path, scan.frame_shape, scan.data.dtype, energy_ev=scan.energy_ev,
-                                distance_m=scan.distance_m, pixel_size_m=scan.pixel_size_m,
-                                probe=scan.probe, truth=scan.truth,
-                                truth_pixel_size_m=scan.truth_pixel_size_m,
-                                metadata=scan.metadata, expected_frames=scan.n_frames)
-            self.pvs["HDF1:FullFileName_RBV"].post(str(writer.path))
+        saver = (_BlockSaver(self._open_writer()).bind(scan) if self.out_dir is not None
+                 else None)
         self.acquisitions += 1
         counter, rate_pv = self.pvs["cam1:ArrayCounter_RBV"], self.pvs["cam1:ArrayRate_RBV"]
         counter.post(0)
         log.info("acquisition %d: %d frames at %s", self.acquisitions, scan.n_frames,
                  f"{self.rate:g} Hz" if self.rate > 0 else "full speed")
+        xs = scan.positions[:, 1].tolist()
+        ys = scan.positions[:, 0].tolist()
+        post, image, scan_id = self.image.post, scan.data, self.acquisitions
         t0 = last_report = time.perf_counter()
-        sent_at_report = 0
-        sent = 0
+        sent_at_report = sent = 0
         try:
             for i in range(scan.n_frames):
                 if self._stop_acq.is_set():
                     break
                 if self.rate > 0:
-                    due = t0 + i / self.rate
-                    delay = due - time.perf_counter()
+                    delay = t0 + i / self.rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
-                y, x = scan.positions[i]
-                frame = scan.data[i]
-                self.image.post(make_frame(frame, i + 1, time.time(), {
-                    "PositionX": float(x), "PositionY": float(y),
-                    "ScanId": self.acquisitions}))
-                if writer is not None:
-                    writer.append(frame, y, x)
+                post(make_frame(image[i], i + 1, time.time(),
+                                {"PositionX": xs[i], "PositionY": ys[i], "ScanId": scan_id}))
                 sent = i + 1
-                now = time.perf_counter()
-                if now - last_report >= 0.2:
-                    counter.post(sent)
-                    rate_pv.post((sent - sent_at_report) / (now - last_report))
-                    last_report, sent_at_report = now, sent
+                if saver is not None and sent % _BLOCK == 0:
+                    saver.submit(sent - _BLOCK, sent)
+                if sent % 64 == 0:
+                    now = time.perf_counter()
+                    if now - last_report >= 0.2:
+                        counter.post(sent)
+                        rate_pv.post((sent - sent_at_report) / (now - last_report))
+                        last_report, sent_at_report = now, sent
         except BaseException:
-            if writer is not None:
-                writer.discard()
+            if saver is not None:
+                saver.finish(None)
             raise
         elapsed = time.perf_counter() - t0
         counter.post(sent)
         rate_pv.post(sent / elapsed if elapsed > 0 else 0.0)
-        if writer is not None:
-            if sent:
-                self.last_file = writer.close()
+        if saver is not None:
+            saver.submit(sent - sent % _BLOCK, sent)
+            self.last_file = saver.finish(scan if sent else None)
+            if self.last_file is not None:
                 log.info("saved %d frames to %s (%.0f frames/s)", sent, self.last_file,
                          sent / elapsed if elapsed > 0 else 0.0)
-            else:
-                writer.discard()
+
+    def _open_writer(self) -> ScanWriter:
+        assert self.out_dir is not None
+        scan = self.scan
+        writer = ScanWriter(next_scan_path(self.out_dir, self.name), scan.frame_shape,
+                            scan.data.dtype, energy_ev=scan.energy_ev,
+                            distance_m=scan.distance_m, pixel_size_m=scan.pixel_size_m,
+                            probe=scan.probe, truth=scan.truth,
+                            truth_pixel_size_m=scan.truth_pixel_size_m,
+                            metadata=scan.metadata, expected_frames=scan.n_frames)
+        self.pvs["HDF1:FullFileName_RBV"].post(str(writer.path))
+        return writer
+
+
+_BLOCK = 64  # frames per HDF5 write
+
+
+class _BlockSaver:
+    """Writes blocks of already-sent frames on its own thread, off the streaming loop.
+
+    The streaming thread hands over index ranges of the in-memory scan, so the
+    file holds exactly the frames that were sent and the loop never waits on disk.
+    """
+
+    def __init__(self, writer: ScanWriter) -> None:
+        self.writer = writer
+        self.error: BaseException | None = None
+        self._q: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        self._scan: Scan | None = None
+        self._thread = threading.Thread(target=self._run, name="sim-save", daemon=True)
+        self._started = False
+
+    def submit(self, start: int, stop: int) -> None:
+        if stop > start:
+            if not self._started:
+                self._started = True
+                self._thread.start()
+            self._q.put((start, stop))
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            if self.error is not None or self._scan is None:
+                continue
+            start, stop = item
+            try:
+                self.writer.append_block(self._scan.data[start:stop],
+                                         self._scan.positions[start:stop])
+            except BaseException as exc:  # noqa: BLE001 - reported by finish()
+                self.error = exc
+
+    def bind(self, scan: Scan) -> _BlockSaver:
+        self._scan = scan
+        return self
+
+    def finish(self, scan: Scan | None) -> Path | None:
+        """Wait for pending blocks; rename the file, or remove it if nothing or an error."""
+        if self._started:
+            self._q.put(None)
+            self._thread.join()
+        if scan is None or self.error is not None or self.writer.frames_written == 0:
+            self.writer.discard()
+            if self.error is not None:
+                log.error("saving the scan failed, file removed: %s", self.error)
+            return None
+        return self.writer.close()
 
 
 def serve(sim: DetectorSimulator, acquire: bool, keep_serving: bool,
