@@ -27,11 +27,13 @@ def main() -> int:
     pv, count, timeout, out = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
     got: list[dict] = []
     done = threading.Event()
+    live = threading.Event()
     lock = threading.Lock()
 
     def on_update(v: pva.PvObject) -> None:
         d = v.get()
         uid = int(d["uniqueId"])
+        live.set()
         if uid == 0:
             return  # the idle image served before acquisition
         attrs = {a["name"]: _plain(a["value"]) for a in d.get("attribute", [])}
@@ -47,9 +49,13 @@ def main() -> int:
                 done.set()
 
     ch = pva.Channel(pv)
-    ch.setMonitorMaxQueueLength(10000)
+    ch.get("field(uniqueId)")  # connect first
+    # no setMonitorMaxQueueLength(): with it, pvapy 5.6 often delivered no update at all
     ch.subscribe("collect", on_update)
     ch.startMonitor("field()")
+    if not live.wait(30):  # the first update proves the subscription is live
+        print("no first update within 30 s", flush=True)
+        return 1
     print("ready", flush=True)
     done.wait(timeout)
     ch.stopMonitor()
