@@ -63,6 +63,16 @@ def make_frame(array: np.ndarray, unique_id: int, timestamp: float | None = None
     })
 
 
+def stamp(value: Value, timestamp: float | None = None) -> Value:
+    """Set ``dataTimeStamp`` and ``timeStamp`` of a prepared frame to ``timestamp`` (now)."""
+    sec, nsec = _split_time(time.time() if timestamp is None else timestamp)
+    value["dataTimeStamp.secondsPastEpoch"] = sec
+    value["dataTimeStamp.nanoseconds"] = nsec
+    value["timeStamp.secondsPastEpoch"] = sec
+    value["timeStamp.nanoseconds"] = nsec
+    return value
+
+
 @dataclass
 class Frame:
     """A received frame: the image in numpy form plus what identifies it."""

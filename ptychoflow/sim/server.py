@@ -23,7 +23,7 @@ from p4p.nt import NTScalar
 from p4p.server import Server
 from p4p.server.thread import SharedPV
 
-from ptychoflow.ntnda import make_frame
+from ptychoflow.ntnda import make_frame, stamp
 from ptychoflow.pvnames import DETECTOR, by_suffix
 from ptychoflow.scanfile import Scan, ScanWriter
 
@@ -162,9 +162,8 @@ class DetectorSimulator:
         counter.post(0)
         log.info("acquisition %d: %d frames at %s", self.acquisitions, scan.n_frames,
                  f"{self.rate:g} Hz" if self.rate > 0 else "full speed")
-        xs = scan.positions[:, 1].tolist()
-        ys = scan.positions[:, 0].tolist()
-        post, image, scan_id = self.image.post, scan.data, self.acquisitions
+        frames = _FramePrep(scan, self.acquisitions)
+        post = self.image.post
         t0 = last_report = time.perf_counter()
         sent_at_report = sent = 0
         try:
@@ -175,8 +174,7 @@ class DetectorSimulator:
                     delay = t0 + i / self.rate - time.perf_counter()
                     if delay > 0:
                         time.sleep(delay)
-                post(make_frame(image[i], i + 1, time.time(),
-                                {"PositionX": xs[i], "PositionY": ys[i], "ScanId": scan_id}))
+                post(stamp(frames[i]))
                 sent = i + 1
                 if saver is not None and sent % _BLOCK == 0:
                     saver.submit(sent - _BLOCK, sent)
@@ -214,6 +212,32 @@ class DetectorSimulator:
 
 
 _BLOCK = 64  # frames per HDF5 write
+_PREPARE_BYTES = 512 << 20  # build all frames before streaming when they fit in this much
+
+
+class _FramePrep:
+    """The acquisition's NTNDArray values, built before streaming when they fit in memory.
+
+    Building a value costs as much as posting it; doing it before the first
+    frame leaves the streaming loop only the time stamp to set. Large scans
+    (over ``_PREPARE_BYTES``) build each value just in time instead.
+    """
+
+    def __init__(self, scan: Scan, scan_id: int) -> None:
+        self.scan = scan
+        self.scan_id = scan_id
+        self.xs = scan.positions[:, 1].tolist()
+        self.ys = scan.positions[:, 0].tolist()
+        self.ready: list[Any] | None = None
+        if scan.data.nbytes <= _PREPARE_BYTES:
+            self.ready = [self._build(i) for i in range(scan.n_frames)]
+
+    def _build(self, i: int) -> Any:
+        return make_frame(self.scan.data[i], i + 1, 0.0, {
+            "PositionX": self.xs[i], "PositionY": self.ys[i], "ScanId": self.scan_id})
+
+    def __getitem__(self, i: int) -> Any:
+        return self.ready[i] if self.ready is not None else self._build(i)
 
 
 class _BlockSaver:
