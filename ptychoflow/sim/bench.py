@@ -103,7 +103,7 @@ def _measure_ours(frames: int, size: int, queue: int, save: bool) -> Tally:
     cmd = [sys.executable, "-m", "ptychoflow.cli", "--log-level", "WARNING", "sim",
            "--prefix", prefix, "--frames", str(frames), "--size", str(size), "--rate", "0",
            "--wait", "--delay", "0", "--out", out if save else ""]
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     tally = Tally()
     try:
         with Context("pva", conf=pva_conf(env), useenv=False, nt=False) as ctx:
