@@ -1,0 +1,274 @@
+"""``ptychoflow demo``: the whole workflow on one machine, end to end.
+
+It starts the control IOC, the edge service and, scan after scan, the detector
+simulator, all on an isolated loopback EPICS network, and lets the IOC's Auto
+mode do the rest: each finished scan file is transferred, reconstructed with
+rPIE, added to the training set, the network is trained (warm start), exported
+and hot-swapped into the running edge, which meanwhile turns every frame of
+the next scan into a phase image and a stitched map. What it prints is what a
+beamline user would watch on the PVs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ptychoflow.config import add_arguments, resolve, setting
+from ptychoflow.pvnames import DEFAULT_PREFIX, STATES
+
+HELP = "end-to-end demo on this machine: simulator, edge, IOC, rPIE and continuous training"
+
+
+@dataclass
+class DemoSettings:
+    """Size of the demo; the defaults finish in a few minutes on a 2-core CPU."""
+
+    out: str = setting("demo-output", "folder for this demo's scans, runs, models and logs")
+    scans: int = setting(2, "scans to acquire and learn from before the final scan")
+    frames: int = setting(400, "frames per scan")
+    size: int = setting(64, "frame size in pixels", choices=[64, 128, 256, 512])
+    rate: float = setting(200.0, "detector frame rate (Hz)")
+    recon_epochs: int = setting(40, "rPIE epochs per scan")
+    train_epochs: int = setting(30, "training epochs per scan")
+    timeout: float = setting(1800.0, "give up after this many seconds per run")
+
+    def __post_init__(self) -> None:
+        if self.scans < 1:
+            raise ValueError("the demo needs at least one scan to learn from")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Flags for every :class:`DemoSettings` field."""
+    add_arguments(parser, DemoSettings)
+    parser.set_defaults(func=run)
+
+
+class Processes:
+    """The demo's server processes: started with a log file each, stopped by pid."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env = env
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("ab")
+        p = subprocess.Popen([sys.executable, "-m", "ptychoflow.cli", *args], env=self.env,
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs[name] = p
+        return p
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if name != "sim" and p.poll() is not None:
+                raise RuntimeError(f"{name} exited with {p.returncode}; see "
+                                   f"{self.logs / (name + '.log')}")
+
+    def stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.procs.values():
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def _value(v: Any) -> Any:
+    """A plain Python value from what p4p returns (long strings may come as char arrays)."""
+    raw = v.raw.value if hasattr(v, "raw") else v
+    if hasattr(raw, "dtype") and raw.dtype.kind in "iu" and raw.ndim == 1:
+        return bytes(raw.astype("uint8")).split(b"\0", 1)[0].decode(errors="replace")
+    return v.real if hasattr(v, "real") and not isinstance(v, str) else v
+
+
+class Demo:
+    """One demo session: processes, PV access and the narrative printed to the user."""
+
+    def __init__(self, s: DemoSettings) -> None:
+        from p4p.client.thread import Context
+
+        from ptychoflow.epicsenv import isolated_env, pva_conf
+
+        self.s = s
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.root = Path(s.out).resolve() / stamp
+        self.scans_dir = self.root / "scans"
+        self.work = self.root / "work"
+        self.logs = self.root / "logs"
+        for d in (self.scans_dir, self.work, self.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        self.env = isolated_env()
+        self.p = DEFAULT_PREFIX
+        self.procs = Processes(self.env, self.logs)
+        self.ctx = Context("pva", conf=pva_conf(self.env), useenv=False)
+        self.t0 = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f} s] {text}", flush=True)
+
+    def get(self, suffix: str, timeout: float = 5.0) -> Any:
+        return _value(self.ctx.get(self.p + suffix, timeout=timeout))
+
+    def put(self, suffix: str, value: Any) -> None:
+        self.ctx.put(self.p + suffix, value, timeout=10.0)
+
+    def wait_pv(self, suffix: str, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.procs.check()
+            try:
+                self.get(suffix, timeout=1.0)
+                return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.2)
+        raise RuntimeError(f"{self.p}{suffix} did not answer within {timeout} s")
+
+    def start_services(self) -> None:
+        cfg = self.root / "ptychoflow.toml"
+        cfg.write_text(
+            f'[ioc]\nprefix = "{self.p}"\ndata_root = "{self.scans_dir}"\n'
+            f'work_root = "{self.work}"\nedge_prefix = "{self.p}"\n')
+        self.procs.start("ioc", ["--config", str(cfg), "ioc"])
+        self.wait_pv("Workflow:State_RBV")
+        self.say(f"IOC up: {self.p}Workflow:* over CA and PVA")
+        models = self.work / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        self.procs.start("edge", ["edge", "--prefix", self.p, "--input", self.p + "Pva1:Image",
+                                  "--model-dir", str(models)])
+        self.wait_pv("Edge:Processed_RBV")
+        self.say(f"edge up: following {self.p}Pva1:Image, publishing {self.p}Edge:Phase and "
+                 f"{self.p}Edge:Stitched")
+        self.put("Recon:Epochs", self.s.recon_epochs)
+        self.put("Train:Epochs", self.s.train_epochs)
+        self.put("Workflow:Auto", 1)
+        self.say(f"Workflow:Auto = On: every complete scan file in {self.scans_dir} starts a run")
+
+    def acquire(self, k: int) -> Path:
+        before = self.get("Edge:Processed_RBV")
+        sim = self.procs.start("sim", [
+            "sim", "--prefix", self.p, "--frames", str(self.s.frames), "--size", str(self.s.size),
+            "--rate", str(self.s.rate), "--seed", str(k), "--out", str(self.scans_dir),
+            "--delay", "2"])
+        self.say(f"scan {k}: detector streaming {self.s.frames} frames of "
+                 f"{self.s.size}x{self.s.size} at {self.s.rate:g} Hz")
+        sim.wait()
+        if sim.returncode != 0:
+            raise RuntimeError(f"the simulator failed; see {self.logs / 'sim.log'}")
+        time.sleep(1.0)
+        done = self.get("Edge:Processed_RBV") - before
+        self.say(f"scan {k}: saved; edge processed {done} frames, dropped "
+                 f"{self.get('Edge:Dropped_RBV')}, bad {self.get('Edge:BadFrames_RBV')}, "
+                 f"{self.get('Edge:FrameRate_RBV'):.0f} frames/s, latency "
+                 f"{self.get('Edge:Latency_RBV'):.1f} ms, "
+                 f"model v{self.get('Edge:Model:Version_RBV')}")
+        return max(self.scans_dir.glob("*.h5"), key=lambda p: p.stat().st_mtime)
+
+    def follow_run(self, previous_run: int) -> dict[str, Any]:
+        """Print the run's states and progress until it ends; return its summary."""
+        end = time.monotonic() + self.s.timeout
+        while self.get("Workflow:RunId_RBV") == previous_run:
+            if time.monotonic() > end:
+                raise RuntimeError("the IOC did not start a run for the new scan")
+            self.procs.check()
+            time.sleep(0.2)
+        run_id = self.get("Workflow:RunId_RBV")
+        last_state, last_pct = "", -10.0
+        while True:
+            self.procs.check()
+            state = STATES[int(self.get("Workflow:State_RBV"))]
+            pct = float(self.get("Workflow:Progress_RBV"))
+            if state != last_state or pct >= last_pct + 25:
+                extra = ""
+                if state == "Reconstructing":
+                    extra = (f" epoch {self.get('Recon:Epoch_RBV')}, error "
+                             f"{self.get('Recon:Error_RBV'):.4g}")
+                elif state == "Training":
+                    extra = (f" epoch {self.get('Train:Epoch_RBV')}, val loss "
+                             f"{self.get('Train:ValLoss_RBV'):.4g}")
+                self.say(f"run {run_id}: {state} {pct:3.0f} %{extra}")
+                last_state, last_pct = state, pct
+            if state in ("Done", "Failed", "Aborted") and not self.get("Workflow:Busy_RBV"):
+                break
+            if time.monotonic() > end:
+                raise RuntimeError(f"run {run_id} did not finish in {self.s.timeout} s")
+            time.sleep(0.5)
+        summary = {"run": run_id, "state": state, "message": self.get("Workflow:Message_RBV"),
+                   "model_version": self.get("Model:Version_RBV"),
+                   "best_val_loss": round(float(self.get("Train:BestValLoss_RBV")), 5),
+                   "quality_ssim": round(float(self.get("Model:Quality_RBV")), 3)}
+        self.say(f"run {run_id}: {state}: {summary['message']}")
+        if state != "Done":
+            raise RuntimeError(f"run {run_id} ended {state}: {summary['message']}")
+        return summary
+
+    def wait_for_model(self, version: int, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        while self.get("Edge:Model:Version_RBV") != version:
+            if time.monotonic() > end:
+                raise RuntimeError(f"the edge did not load model v{version}: "
+                                   f"{self.get('Edge:Message_RBV')}")
+            time.sleep(0.2)
+        self.say(f"edge now serves model v{version} (hot swap, no restart)")
+
+    def save_stitched(self) -> Path | None:
+        import numpy as np
+
+        from ptychoflow.ntnda import read_frame
+
+        try:
+            from PIL import Image
+        except ModuleNotFoundError:
+            return None
+        raw = self.ctx.get(self.p + "Edge:Stitched").raw
+        img = read_frame(raw).array.astype(np.float64)
+        if img.size == 0 or not np.isfinite(img).any():
+            return None
+        lo, hi = np.nanpercentile(img, [1, 99])
+        scaled = np.clip((np.nan_to_num(img, nan=lo) - lo) / max(hi - lo, 1e-9), 0, 1)
+        path = self.root / "stitched-phase.png"
+        Image.fromarray((scaled * 255).astype(np.uint8)).save(path)
+        return path
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; exit 0 only if every run ended Done and the edge served the models."""
+    s = resolve(DemoSettings, "demo", args)
+    demo = Demo(s)
+    exports = " ".join(f"{k}={v}" for k, v in sorted(demo.env.items()) if k.startswith("EPICS_"))
+    print(f"ptychoflow demo: everything under {demo.root}\n"
+          f"  EPICS on loopback only; to watch with your own clients:\n  export {exports}",
+          flush=True)
+    runs: list[dict[str, Any]] = []
+    try:
+        demo.start_services()
+        for k in range(1, s.scans + 1):
+            previous = demo.get("Workflow:RunId_RBV")
+            demo.acquire(k)
+            summary = demo.follow_run(previous)
+            runs.append(summary)
+            demo.wait_for_model(summary["model_version"])
+        demo.acquire(s.scans + 1)
+        png = demo.save_stitched()
+        if png:
+            demo.say(f"stitched phase map of the last scan: {png}")
+    except (RuntimeError, KeyboardInterrupt) as exc:
+        print(f"ptychoflow demo: stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        demo.ctx.close()
+        demo.procs.stop_all()
+    print(json.dumps({"runs": runs, "folder": str(demo.root)}, indent=2))
+    os.sync()
+    return 0
