@@ -1,0 +1,96 @@
+"""Accuracy of continuous training: SSIM of the network's stitched phase map on a held-out
+simulated scan, against the truth and against rPIE, after training on one and on two scans.
+
+    .venv/bin/python benchmarks/accuracy.py [--frames 600 --size 128 --epochs 50 ...]
+
+Prints one JSON object. The goal quoted in the README: SSIM >= 0.8 against rPIE after
+two scans. Each scan has its own object (the simulator's seed moves its features).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ptychoflow.remote import stages
+
+from ptychoflow.scanfile import write_scan
+from ptychoflow.sim.physics import simulate_scan
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--frames", type=int, default=600)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--step-m", type=float, default=5e-8)
+    ap.add_argument("--photons", type=float, default=1e6)
+    ap.add_argument("--recon-epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=50, help="training epochs per round")
+    ap.add_argument("--model-size", type=int, default=None)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--workdir", default=None)
+    a = ap.parse_args(argv)
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="ptychoflow-accuracy-"))
+    base: dict[str, Any] = {"recon_epochs": a.recon_epochs, "train_epochs": a.epochs,
+                            "device": a.device, "train_dir": str(work / "trainset"),
+                            "model_dir": str(work / "models"), "tensorrt": False}
+    if a.model_size:
+        base["model_size"] = a.model_size
+    scans = []
+    t0 = time.perf_counter()
+    for seed in (11, 12, 13):  # two training scans, then the held-out one
+        src = write_scan(work / f"scan-{seed}.h5", simulate_scan(
+            n_frames=a.frames, size=a.size, step_m=a.step_m, photons=a.photons, seed=seed))
+        p = {**base, "path": str(src)}
+        p.update(stages.reconstruct(str(src), str(work), p))
+        scans.append(p)
+        print(f"reconstructed {src.name}: error {p['final_error']:.4g} in "
+              f"{p['recon_seconds']:.1f} s", file=sys.stderr)
+    held = scans[2]
+    rpie_vs_truth = _rpie_vs_truth(held)
+    out: dict[str, Any] = {"frames": a.frames, "size": a.size, "train_epochs": a.epochs,
+                           "recon_epochs": a.recon_epochs, "rpie_vs_truth": rpie_vs_truth}
+    for n, p in enumerate(scans[:2], start=1):
+        r = stages.train(p["path"], str(work), p)
+        e = stages.export(held["path"], str(work), {**p, **r, "reconstruction":
+                                                   held["reconstruction"]})
+        q = e["quality"]
+        out[f"after_{n}_scan{'s' if n > 1 else ''}"] = {
+            "ssim_vs_rpie": q["ssim"], "ssim_vs_truth": q["truth_ssim"],
+            "ssim_vs_rpie_plain_average": q.get("ssim_plain_average"),
+            "phase_rmse_vs_rpie": q["phase_rmse"], "phase_rmse_vs_truth":
+                q["truth_phase_rmse"], "psnr_vs_rpie": q["psnr"],
+            "best_val_loss": r["best_val_loss"], "warm_start": r["warm_start"],
+            "train_seconds": r["seconds"], "samples_per_s": r["samples_per_s"],
+            "device": r["device"], "amp": r["amp"], "model": e["model"]}
+        print(f"round {n}: SSIM vs rPIE {q['ssim']:.3f}, vs truth {q['truth_ssim']:.3f}",
+              file=sys.stderr)
+    out["goal_ssim_vs_rpie_after_2"] = 0.8
+    out["goal_met"] = out["after_2_scans"]["ssim_vs_rpie"] >= 0.8
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _rpie_vs_truth(p: dict[str, Any]) -> dict[str, float]:
+    """How close rPIE itself gets to the truth on the held-out scan (for context)."""
+    from ptychoflow.remote.pairs import ObjectGrid
+    from ptychoflow.remote.quality import object_quality
+    from ptychoflow.remote.recon import read_reconstruction
+
+    from ptychoflow.scanfile import read_scan
+
+    scan = read_scan(p["path"])
+    rec = read_reconstruction(p["reconstruction"])
+    return object_quality(ObjectGrid.centred(rec.object, rec.pixel_size_m),
+                          ObjectGrid.centred(scan.truth, scan.truth_pixel_size_m),
+                          scan.positions, 0.25 * scan.frame_shape[0] *
+                          scan.object_pixel_size_m)
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))

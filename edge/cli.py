@@ -1,0 +1,61 @@
+"""``ptychoflow edge``: follow a detector, publish predictions and the stitched map.
+
+Imports nothing heavy at module level (``ptychoflow --help`` must work on a
+box without onnxruntime); stops cleanly, exit status 0, on SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+
+from ptychoflow.config import add_arguments, resolve
+
+HELP = "edge inference: NTNDArray frames in, phase images and a stitched map out (PVA)"
+
+log = logging.getLogger(__name__)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the edge settings as flags."""
+    from ptychoflow.edge.settings import EdgeSettings
+
+    add_arguments(parser, EdgeSettings)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM."""
+    from ptychoflow.edge.model import ModelError
+    from ptychoflow.edge.service import EdgeService
+    from ptychoflow.edge.settings import EdgeSettings
+
+    settings = resolve(EdgeSettings, "edge", args)
+    done = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        done.set()
+
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            service = EdgeService(settings)
+        except ModelError as exc:
+            log.error("cannot serve: %s", exc)
+            return 2
+        log.info("edge serving under %s", settings.prefix)
+        try:
+            while not done.wait(0.5):
+                pass
+        finally:
+            service.stop()
+            log.info("edge stopped: %d frames processed, %d dropped, %d bad",
+                     service.processed, service.queue.dropped + service.missed, service.bad)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0

@@ -1,0 +1,258 @@
+"""Inference engines behind one interface: ONNX Runtime, TensorRT, PyTorch.
+
+Every engine takes a (n, 1, H, W) float32 batch and returns the model's
+outputs for those n frames. Models with a fixed batch size get partial
+batches padded (and larger ones split) here, once, so the rest of the edge
+never cares. torch is imported only inside :class:`TorchEngine`: the edge
+installs without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be built here; the message names what to install or set."""
+
+
+class Engine:
+    """Base class: batch handling shared by all engines."""
+
+    name = "engine"
+    input_name: str
+    input_shape: list[Any]
+    outputs: list[tuple[str, list[Any]]]
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The model's fixed batch size, or None when its batch axis is dynamic."""
+        b = self.input_shape[0]
+        return b if isinstance(b, int) and b > 0 else None
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def infer(self, x: np.ndarray) -> list[np.ndarray]:
+        """Outputs for the ``n`` frames of ``x``, whatever batch size the model was built for."""
+        n = x.shape[0]
+        b = self.fixed_batch
+        if b is None or n == b:
+            return self._run(x)
+        parts: list[list[np.ndarray]] = []
+        for i in range(0, n, b):
+            chunk = x[i:i + b]
+            m = chunk.shape[0]
+            if m < b:
+                pad = np.zeros((b - m, *x.shape[1:]), dtype=x.dtype)
+                chunk = np.concatenate([chunk, pad])
+            parts.append([o[:m] for o in self._run(chunk)])
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+    def close(self) -> None:
+        """Release the engine's resources."""
+
+
+def _cpu_threads(threads: int) -> int:
+    if threads > 0:
+        return threads
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class OrtEngine(Engine):
+    """ONNX Runtime on the CPU or, where onnxruntime-gpu is installed, CUDA.
+
+    One intra-op thread per core and no inter-op threads: the edge overlaps
+    preprocessing and publishing with inference itself, and more threads than
+    cores only make the cores fight.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int = 0,
+                 providers: Sequence[Any] | None = None, spin: bool = False) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if providers is None:
+            if device == "cuda":
+                if "CUDAExecutionProvider" not in available:
+                    raise EngineError("CUDA requested but this onnxruntime has no CUDA provider; "
+                                      "install onnxruntime-gpu or use --device cpu")
+                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            else:
+                providers = ["CPUExecutionProvider"]
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = _cpu_threads(threads)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        if not spin:
+            # idle intra-op threads sleep instead of spinning: on a small box the
+            # PVA client, preprocessing and publishing need those cores between batches
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise EngineError(f"onnxruntime cannot load {path.name}: {exc}") from exc
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise EngineError(f"{path.name} has {len(inputs)} inputs; the edge runs networks "
+                              "with exactly one input [B, 1, H, W]")
+        self.input_name = inputs[0].name
+        self.input_shape = list(inputs[0].shape)
+        self.outputs = [(o.name, list(o.shape)) for o in self.session.get_outputs()]
+        self._out_names = [n for n, _ in self.outputs]
+        self.providers = self.session.get_providers()
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        return list(self.session.run(self._out_names, {self.input_name: x}))
+
+
+class TensorRTEngine(OrtEngine):
+    """TensorRT through ONNX Runtime's TensorRT provider, with its engine cache on disk.
+
+    Building a TensorRT engine takes minutes; the cache (keyed by the model and
+    the GPU) makes the second start and every hot swap back to a known model fast.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, path: Path, cache_dir: Path, threads: int = 0, fp16: bool = True) -> None:
+        import onnxruntime as ort
+
+        if "TensorrtExecutionProvider" not in ort.get_available_providers():
+            raise EngineError("TensorRT is not available to onnxruntime here; install "
+                              "onnxruntime-gpu with TensorRT, or use --engine onnxruntime")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        trt_opts = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+                    "trt_timing_cache_enable": True, "trt_fp16_enable": fp16}
+        super().__init__(path, threads=threads, providers=[
+            ("TensorrtExecutionProvider", trt_opts), "CUDAExecutionProvider",
+            "CPUExecutionProvider"])
+        if "TensorrtExecutionProvider" not in self.providers:
+            raise EngineError(f"TensorRT could not take {path.name}; use --engine onnxruntime")
+
+
+class TorchEngine(Engine):
+    """PyTorch fallback: runs ``model-vN.pt2`` (torch.export) or ``model-vN.pt`` (TorchScript).
+
+    For boxes without onnxruntime; torch is imported here and nowhere else in
+    the edge. Input/output names and shapes come from the model card.
+    """
+
+    name = "torch"
+
+    def __init__(self, path: Path, device: str = "cpu", threads: int = 0,
+                 input_name: str = "diffraction", input_shape: Sequence[Any] = (),
+                 outputs: Sequence[tuple[str, list[Any]]] = (), fp16: bool = True) -> None:
+        import torch
+
+        exported, script = path.with_suffix(".pt2"), path.with_suffix(".pt")
+        if not exported.is_file() and not script.is_file():
+            raise EngineError(f"the PyTorch engine needs {exported.name} (torch.export) or "
+                              f"{script.name} (TorchScript) beside {path.name}; install "
+                              "onnxruntime or export one")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise EngineError("CUDA requested but torch sees no GPU; use --device cpu")
+        if device != "cuda" and threads > 0:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self._device = torch.device("cuda" if device == "cuda" else "cpu")
+        if exported.is_file():
+            self.module = torch.export.load(str(exported)).module().to(self._device)
+        else:
+            self.module = torch.jit.load(str(script), map_location=self._device).eval()
+        self._half = fp16 and self._device.type == "cuda"
+        self._pinned: dict[int, Any] = {}
+        if self._device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            self.module = self.module.to(memory_format=torch.channels_last)
+            if self._half:
+                self.module = self.module.half()
+        self.input_name = input_name
+        self.input_shape = list(input_shape)
+        self.outputs = list(outputs)
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        torch = self._torch
+        n = x.shape[0]
+        with torch.inference_mode():
+            if self._device.type != "cuda":
+                outs = self._outputs(self.module(torch.from_numpy(x)))
+                return [o.float().numpy() for o in outs]
+            # pad to a power-of-two bucket: cuDNN autotunes once per bucket, not once per
+            # micro-batch size, and the pinned staging buffer is allocated once per bucket
+            b = 1 << max(0, (n - 1).bit_length())
+            pin = self._pinned.get(b)
+            if pin is None:
+                pin = self._pinned[b] = torch.zeros((b, *x.shape[1:]), pin_memory=True)
+            pin[:n].copy_(torch.from_numpy(x))
+            if n < b:
+                pin[n:].zero_()
+            t = pin.to(self._device, non_blocking=True).to(memory_format=torch.channels_last)
+            if self._half:
+                t = t.half()
+            outs = self._outputs(self.module(t))
+            return [o[:n].float().cpu().numpy() for o in outs]
+
+    @staticmethod
+    def _outputs(out: Any) -> list[Any]:
+        return list(out) if isinstance(out, list | tuple) else [out]
+
+
+def _ort_has(provider: str) -> bool:
+    try:
+        import onnxruntime as ort
+    except ModuleNotFoundError:
+        return False
+    return provider in ort.get_available_providers()
+
+
+def _card_io(path: Path) -> dict[str, Any]:
+    """Input/output names and shapes from the model card (for engines that cannot read ONNX)."""
+    from ptychoflow.modelcard import ModelCard, card_path
+
+    card = ModelCard.load(card_path(path))
+    return {"input_name": card.input.name, "input_shape": card.input.shape,
+            "outputs": [(o.name, o.shape) for o in card.outputs]}
+
+
+def make_engine(path: Path, engine: str = "auto", device: str = "auto", threads: int = 0,
+                trt_cache_dir: Path | None = None, gpu: int | None = None,
+                fp16: bool = True) -> Engine:
+    """Build the engine the settings ask for; ``auto`` takes the fastest one installed.
+
+    ``auto`` order: TensorRT (unless --device cpu), ONNX Runtime (CUDA where its
+    provider exists and the device allows), PyTorch. ``gpu`` pins CUDA engines
+    to one device (one worker per GPU).
+    """
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if engine == "tensorrt" or (engine == "auto" and device != "cpu"
+                                and _ort_has("TensorrtExecutionProvider")):
+        cache = trt_cache_dir or path.parent / ".trt"
+        return TensorRTEngine(path, cache, threads=threads, fp16=fp16)
+    if engine == "onnxruntime" or (engine == "auto" and _ort_has("CPUExecutionProvider")):
+        cuda = device == "cuda" or (device == "auto" and _ort_has("CUDAExecutionProvider"))
+        return OrtEngine(path, device="cuda" if cuda else "cpu", threads=threads)
+    try:
+        import torch
+    except ModuleNotFoundError as exc:
+        raise EngineError("neither onnxruntime nor torch is installed; install "
+                          "'ptychoflow[edge]'") from exc
+    torch_device = device if device != "auto" else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    return TorchEngine(path, device=torch_device, threads=threads, fp16=fp16, **_card_io(path))

@@ -1,0 +1,59 @@
+"""Settings of ``ptychoflow edge``: one dataclass, the ``[edge]`` TOML section and the flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ptychoflow.config import setting
+from ptychoflow.pvnames import DEFAULT_PREFIX
+
+ENGINES = ("auto", "onnxruntime", "tensorrt", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class EdgeSettings:
+    """Everything a user sets for the edge service (defaults < ``[edge]`` in TOML < flags)."""
+
+    prefix: str = setting(DEFAULT_PREFIX, "PV prefix of the edge PVs")
+    input: str = setting("", "detector NTNDArray PV to follow (also settable via Edge:Input)")
+    model: str = setting("", "ONNX model to serve (model-vN.onnx, its card model-vN.json beside)")
+    model_dir: str = setting("", "folder models may be loaded from (default: the folder of "
+                                 "--model); paths outside it are refused")
+    engine: str = setting("auto", "inference engine", choices=ENGINES)
+    device: str = setting("auto", "cpu, cuda or auto (cuda when an engine can use it)",
+                          choices=DEVICES)
+    workers: int = setting(1, "inference worker processes (one per GPU when there are several)")
+    batch_size: int = setting(16, "largest micro-batch (a fixed-batch model uses its own)")
+    latency_budget_ms: float = setting(5.0, "longest wait to fill a batch after its first frame")
+    queue_size: int = setting(1024, "frames held before the oldest is dropped (bounds memory)")
+    threads: int = setting(0, "intra-op threads per engine (0: all cores of this box)")
+    fp16: bool = setting(True, "half precision on GPU engines (TensorRT, PyTorch on CUDA)")
+    stitch: bool = setting(True, "stitch predictions into Edge:Stitched (needs positions)")
+    stitch_rate_hz: float = setting(10.0, "most Edge:Stitched updates per second")
+    stitch_max_size: int = setting(8192, "largest stitched map side in pixels (bounds memory)")
+    positions: str = setting("", "positions file (.npy/.csv/.txt x y in metres, or a scan .h5) "
+                                 "used when frames carry no PositionX/PositionY; row = "
+                                 "uniqueId - 1")
+    pixel_size_m: float = setting(0.0, "real-space pixel of the network output, for models "
+                                       "without a card (metres)")
+    scan_id_attribute: str = setting("ScanId", "frame attribute whose change starts a new map")
+    trt_cache_dir: str = setting("", "TensorRT engine cache folder (default: <model_dir>/.trt)")
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.latency_budget_ms < 0:
+            raise ValueError(f"latency_budget_ms must be >= 0, got {self.latency_budget_ms}")
+        if self.queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
+        if self.stitch_rate_hz <= 0:
+            raise ValueError(f"stitch_rate_hz must be positive, got {self.stitch_rate_hz}")
+        if self.pixel_size_m < 0:
+            raise ValueError(f"pixel_size_m must be >= 0, got {self.pixel_size_m}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r} unknown; use one of {ENGINES}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} unknown; use one of {DEVICES}")

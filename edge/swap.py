@@ -1,0 +1,156 @@
+"""Loading a model for service and swapping it in without losing a frame.
+
+:func:`prepare` does everything that can fail or take long, resolve the path
+inside the model folder, build the engine(s), check checksum and shapes
+against the card, run a warm-up batch and check the output shapes, before
+the model is allowed near the stream. :class:`HotSwapper` does that on a
+background thread and leaves the result in a slot that the inference loop
+picks up between two batches; the old runner finishes the batches it already
+has, so no frame is dropped because of a swap. A model that fails any check
+is refused and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from ptychoflow.edge.engines import Engine, EngineError, make_engine
+from ptychoflow.edge.model import ModelError, ModelInfo, describe_model, resolve_model_path
+from ptychoflow.edge.settings import EdgeSettings
+from ptychoflow.edge.workers import ProcessRunner, Runner, ThreadRunner
+
+from ptychoflow.modelcard import ModelCardError
+
+log = logging.getLogger(__name__)
+
+WARMUP_TIMEOUT_S = 600.0  # a first TensorRT build can take minutes
+
+
+@dataclass
+class Served:
+    """A model ready to serve: what it expects and where it runs."""
+
+    info: ModelInfo
+    runner: Runner
+
+
+def _engine_kwargs(settings: EdgeSettings, model_dir: Path) -> dict[str, object]:
+    return {"engine": settings.engine, "device": settings.device, "threads": settings.threads,
+            "fp16": settings.fp16,
+            "trt_cache_dir": Path(settings.trt_cache_dir) if settings.trt_cache_dir
+            else model_dir / ".trt"}
+
+
+def _inspect(path: Path, settings: EdgeSettings, model_dir: Path) -> Engine:
+    try:
+        return make_engine(path, **_engine_kwargs(settings, model_dir))  # type: ignore[arg-type]
+    except ModelCardError as exc:  # the PyTorch engine needs the card for names and shapes
+        raise ModelError(f"{path.name}: {exc}") from exc
+
+
+def prepare(spec: str, settings: EdgeSettings, model_dir: Path) -> Served:
+    """Load, check and warm up the model ``spec`` (path or version); raises ModelError."""
+    path = resolve_model_path(spec, model_dir)
+    try:
+        engine = _inspect(path, settings, model_dir)
+    except (EngineError, OSError) as exc:
+        raise ModelError(str(exc)) from exc
+    try:
+        info = describe_model(path, engine.input_name, engine.input_shape, engine.outputs,
+                              settings.pixel_size_m)
+    except ModelError:
+        engine.close()
+        raise
+    runner: Runner
+    if settings.workers == 1:
+        runner = ThreadRunner(engine)
+    else:
+        engine.close()
+        runner = ProcessRunner(path, settings.workers, _engine_kwargs(settings, model_dir))
+    try:
+        _warm_up(info, runner)
+    except Exception:
+        runner.close()
+        raise
+    return Served(info, runner)
+
+
+def _warm_up(info: ModelInfo, runner: Runner) -> None:
+    """Run one batch per worker and check each output holds one image per frame."""
+    n = info.batch or 2
+    x = np.zeros((n, 1, info.height, info.width), np.float32)
+    futures = [runner.submit(x) for _ in range(runner.workers)]
+    for fut in futures:
+        try:
+            outs = fut.result(WARMUP_TIMEOUT_S)
+        except Exception as exc:
+            raise ModelError(f"{info.path.name}: warm-up inference failed: {exc}") from exc
+        if len(outs) != len(info.output_names):
+            raise ModelError(f"{info.path.name}: warm-up gave {len(outs)} outputs, the model "
+                             f"declares {len(info.output_names)}")
+        for name, o in zip(info.output_names, outs, strict=True):
+            if o.shape[0] != n or o.ndim not in (3, 4) or (o.ndim == 4 and o.shape[1] != 1):
+                raise ModelError(f"{info.path.name}: output {name} came out {list(o.shape)} "
+                                 f"for a batch of {n}; expected [{n}, 1, H, W]")
+            if not np.all(np.isfinite(o)):
+                raise ModelError(f"{info.path.name}: output {name} is not finite on a blank "
+                                 "frame; the model is broken")
+
+
+class HotSwapper:
+    """Loads models in the background; the inference loop takes the result between batches."""
+
+    def __init__(self, settings: EdgeSettings, model_dir: Path,
+                 on_message: Callable[[str], None]) -> None:
+        self._settings = settings
+        self._model_dir = model_dir
+        self._on_message = on_message
+        self._lock = threading.Lock()
+        self._ready: Served | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A load is in progress."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def request(self, spec: str) -> None:
+        """Start loading ``spec``; ValueError (refusing the put) while one is loading."""
+        if self.busy:
+            raise ValueError("a model is already being loaded; wait for Message_RBV to say "
+                             "it is done")
+        resolve_model_path(spec, self._model_dir)  # refuse bad paths at the put itself
+        self._thread = threading.Thread(target=self._load, args=(spec,), daemon=True,
+                                        name="edge-swap")
+        self._thread.start()
+
+    def _load(self, spec: str) -> None:
+        self._on_message(f"loading model {spec}")
+        try:
+            served = prepare(spec, self._settings, self._model_dir)
+        except Exception as exc:  # any failure refuses the model; the old one keeps serving
+            log.warning("model %s refused: %s", spec, exc)
+            self._on_message(f"model {spec} refused, previous model still serving: {exc}")
+            return
+        with self._lock:
+            old, self._ready = self._ready, served
+        if old is not None:  # a newer load overtook one never picked up
+            old.runner.close()
+
+    def take(self) -> Served | None:
+        """The freshly loaded model, once; None when there is none."""
+        if self._ready is None:
+            return None
+        with self._lock:
+            served, self._ready = self._ready, None
+        return served
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for a load in progress (used at shutdown and in tests)."""
+        if self._thread is not None:
+            self._thread.join(timeout)

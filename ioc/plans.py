@@ -1,0 +1,115 @@
+"""Bluesky plans for the workflow; they work with the ophyd (CA) and the ophyd-async (PVA) device.
+
+``process_scan`` is what a beamline scan plan calls after it wrote a scan file:
+apply settings, point ``Scan:Path`` at the file, start, and wait for the run
+to end. A refused setting or start, and a run that ends Failed or Aborted,
+raise :class:`WorkflowError` carrying the IOC's own ``Message_RBV`` text.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator
+from os import PathLike
+from typing import Any
+
+import bluesky.plan_stubs as bps
+from bluesky.utils import Msg
+from ptychoflow.ioc.naming import attr_name, spec_for
+
+from ptychoflow.pvnames import PVSpec
+
+Plan = Generator[Msg, Any, Any]
+
+
+class WorkflowError(RuntimeError):
+    """The IOC refused a request, or a run ended Failed or Aborted."""
+
+
+def _index(spec: PVSpec, value: Any) -> Any:
+    """Enum values as state indexes (ophyd reads ints, ophyd-async reads names)."""
+    if not spec.enums:
+        return value
+    if isinstance(value, str):
+        return spec.enums.index(str(getattr(value, "value", value)))
+    return int(value)
+
+
+def _name(spec: PVSpec, value: Any) -> Any:
+    if spec.enums and not isinstance(value, str):
+        return spec.enums[int(value)]
+    return value
+
+
+def _read(workflow: Any, suffix: str) -> Plan:
+    spec = spec_for(suffix)
+    value = yield from bps.rd(getattr(workflow, attr_name(suffix)))
+    return _index(spec, value)
+
+
+def _message(workflow: Any) -> Plan:
+    text = yield from _read(workflow, "Workflow:Message_RBV")
+    return str(text)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return bool(a == b)
+
+
+def set_setting(workflow: Any, key: str, value: Any) -> Plan:
+    """Set one writable PV (by attribute name or suffix) and make sure the IOC took it."""
+    spec = spec_for(key)
+    if spec.access != "W":
+        raise WorkflowError(f"{spec.suffix} is read-only")
+    sig = getattr(workflow, attr_name(spec.suffix))
+    try:
+        yield from bps.mv(sig, _name(spec, value))
+    except Exception as exc:
+        msg = yield from _message(workflow)
+        raise WorkflowError(f"{spec.suffix} = {value!r} refused: {msg or exc}") from exc
+    got = yield from _read(workflow, spec.suffix)
+    if not _same(got, _index(spec, _name(spec, value))):
+        msg = yield from _message(workflow)
+        raise WorkflowError(f"{spec.suffix} = {value!r} refused: {msg}")
+
+
+def process_scan(workflow: Any, path: str | PathLike[str], *, timeout: float | None = None,
+                 poll_s: float = 0.1, **settings: Any) -> Plan:
+    """Process one scan file with the workflow; returns ``{run_id, state, message}``.
+
+    ``settings`` name writable PVs by attribute (``recon_epochs=20``) or
+    suffix; enum settings take the state name or its index.
+    """
+    for key, value in settings.items():
+        yield from set_setting(workflow, key, value)
+    yield from set_setting(workflow, "Scan:Path", str(path))
+    before = yield from _read(workflow, "Workflow:RunId_RBV")
+    try:
+        yield from bps.mv(workflow.workflow_start, "Start")
+    except Exception as exc:
+        msg = yield from _message(workflow)
+        raise WorkflowError(f"Workflow:Start refused: {msg or exc}") from exc
+    run = yield from _read(workflow, "Workflow:RunId_RBV")
+    started = yield from _read(workflow, "Workflow:Start")
+    msg = yield from _message(workflow)
+    if run == before and (started == 0 or msg.startswith("Refused: Workflow:Start")):
+        raise WorkflowError(f"Workflow:Start refused: {msg}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        run = yield from _read(workflow, "Workflow:RunId_RBV")
+        busy = yield from _read(workflow, "Workflow:Busy_RBV")
+        if run > before and busy == 0:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            msg = yield from _message(workflow)
+            raise WorkflowError(f"run did not end within {timeout} s; last message: {msg}")
+        yield from bps.sleep(poll_s)
+    state = spec_for("Workflow:State_RBV").enums[(yield from _read(workflow,
+                                                                    "Workflow:State_RBV"))]
+    msg = yield from _message(workflow)
+    if state != "Done":
+        raise WorkflowError(f"run {run} ended {state}: {msg}")
+    return {"run_id": run, "state": state, "message": msg}

@@ -1,0 +1,303 @@
+"""The control IOC process: records, put rules, autosave, access security, auto mode.
+
+Client puts are decided synchronously in the records' ``validate`` callbacks
+(so a refusal is a put error to that client and the old value stays); accepted
+puts reach the asyncio loop through softioc's dispatcher, where the
+orchestrator runs the workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import sys
+import threading
+from typing import Any
+
+from ptychoflow.ioc import access
+from ptychoflow.ioc.autosave import Autosave
+from ptychoflow.ioc.backends import Compute, LocalCompute
+from ptychoflow.ioc.orchestrator import Orchestrator, deploy_to_edge
+from ptychoflow.ioc.registry import Registry
+from ptychoflow.ioc.settings import IocSettings
+from ptychoflow.ioc.statemachine import FAILED
+from ptychoflow.ioc.validate import check_scan_path, check_value, resolve_scan_path
+from ptychoflow.ioc.watcher import ScanWatcher
+
+from ptychoflow.pvnames import (
+    ALGORITHMS,
+    COMPUTE_BACKENDS,
+    CONTROL,
+    MESSAGE_LENGTH,
+    STATES,
+    TRANSFER_BACKENDS,
+    PVSpec,
+)
+
+log = logging.getLogger("ptychoflow.ioc")
+
+MOMENTARY = frozenset({"Workflow:Start", "Workflow:Abort", "Model:Deploy"})
+
+
+class ControlIoc:
+    """One control IOC: build with :meth:`start`, stop with :meth:`stop`."""
+
+    def __init__(self, settings: IocSettings) -> None:
+        self.settings = settings
+        self.work = settings.work_path
+        self.work.mkdir(parents=True, exist_ok=True)
+        for sub in ("runs", "models", "training"):
+            (self.work / sub).mkdir(exist_ok=True)
+        self.registry = Registry(self.work / "registry.sqlite")
+        self.autosave = Autosave(self.work / "autosave.json")
+        self.watcher = ScanWatcher(settings.data_path)
+        self.records: dict[str, Any] = {}
+        self._msg_lock = threading.Lock()
+        self.local = LocalCompute(self._on_progress)
+        compute: dict[str, Compute] = {"Local": self.local}
+        self.orch = Orchestrator(settings, self.registry, self, compute)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._auto_task: concurrent.futures.Future[None] | None = None
+        self._wake = threading.Event()
+
+    # -- Sink for the orchestrator ------------------------------------------------------
+    def post(self, values: dict[str, Any]) -> None:
+        """Set read-back PVs."""
+        for suffix, value in values.items():
+            self.records[suffix].set(value)
+
+    def message(self, text: str) -> None:
+        """Show ``text`` in Message_RBV and the log."""
+        log.info("%s", text)
+        with self._msg_lock:
+            self.records["Workflow:Message_RBV"].set(text[:MESSAGE_LENGTH])
+
+    def finished(self) -> None:
+        """After a run: momentary PVs back to 0, then look for queued scans."""
+        # processed (not process=False) so that monitors see the reset too; a Start that a
+        # client put in the meantime already belongs to the next run and stays
+        if not self.orch.busy:
+            self.records["Workflow:Start"].set(0)
+        self.records["Workflow:Abort"].set(0)
+        self._wake.set()
+
+    def _on_progress(self, item: dict[str, Any]) -> None:
+        self.orch.on_progress(item)
+
+    # -- put rules (CA/PVA server threads) ----------------------------------------------
+    def _validate(self, spec: PVSpec, value: Any) -> bool:
+        problem = check_value(spec, value) or self._rule(spec.suffix, value)
+        if problem:
+            self.message(f"Refused: {problem}")
+            return False
+        return True
+
+    def _rule(self, suffix: str, value: Any) -> str | None:
+        root = self.settings.data_path
+        if suffix == "Scan:Path":
+            return check_scan_path(value, root)
+        if suffix == "Workflow:Start":
+            if value == 0:
+                return ("Workflow:Start cannot be cleared while a run is active; "
+                        "use Workflow:Abort") if self.orch.busy else None
+            if self.orch.busy:
+                return (f"Workflow:Start: run {self.orch.run_id} is active "
+                        f"({self.orch.sm.state}); wait for it to finish or use Workflow:Abort")
+            path = self.records["Scan:Path"].get()
+            if not path:
+                return "Workflow:Start: Scan:Path is empty; set it to a scan file first"
+            problem = check_scan_path(path, root)
+            if problem:
+                return f"Workflow:Start: {problem}"
+            if not self.orch.reserve():
+                return "Workflow:Start: a run is starting"
+            self.records["Workflow:Busy_RBV"].set(1)  # busy from the accepted put on
+            return None
+        if suffix == "Model:Deploy" and value != 0:
+            if self.registry.model(int(value)) is None:
+                known = [m["version"] for m in self.registry.models()]
+                return f"Model:Deploy: version {value} is not registered (registered: {known})"
+            if not self.settings.edge_prefix:
+                return "Model:Deploy: no edge to deploy to; set edge_prefix in [ioc]"
+        return None
+
+    # -- accepted puts (asyncio loop) ---------------------------------------------------
+    def _params(self) -> dict[str, Any]:
+        r = self.records
+        return {
+            "algorithm": ALGORITHMS[r["Recon:Algorithm"].get()],
+            "recon_epochs": int(r["Recon:Epochs"].get()),
+            "train_epochs": int(r["Train:Epochs"].get()),
+            "val_fraction": float(r["Train:ValFraction"].get()),
+            "transfer_backend": TRANSFER_BACKENDS[r["Transfer:Backend"].get()],
+            "compute_backend": COMPUTE_BACKENDS[r["Compute:Backend"].get()],
+            "data_root": str(self.settings.data_path),
+            "model_dir": str(self.work / "models"),
+            "train_dir": str(self.work / "training"),
+        }
+
+    def _launch(self, path: str) -> None:
+        scan = resolve_scan_path(path, self.settings.data_path)
+        assert self.loop is not None
+        self.orch.task = self.loop.create_task(self.orch.run(scan, self._params()))
+
+    async def _on_start(self, value: int) -> None:
+        if value == 1:
+            self._launch(self.records["Scan:Path"].get())
+
+    async def _on_abort(self, value: int) -> None:
+        if value != 1:
+            return
+        if not await self.orch.abort():
+            self.message("Abort: no run is active")
+            self.records["Workflow:Abort"].set(0)
+
+    async def _on_auto(self, value: int) -> None:
+        self.autosave.save("Workflow:Auto", value)
+        if value:
+            self.watcher.snapshot()
+            self.message(f"Auto on: watching {self.watcher.root} for new *.h5 scans")
+        else:
+            dropped = len(self.watcher.pending)
+            self.watcher.pending.clear()
+            self.message("Auto off" + (f"; {dropped} queued scan(s) dropped" if dropped else ""))
+
+    async def _on_deploy(self, value: int) -> None:
+        if value == 0:
+            return
+        model = self.registry.model(int(value))
+        assert model is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
+                                       model["path"])
+            self.message(f"Model v{value} deployed to {self.settings.edge_prefix}")
+        except Exception as exc:
+            self.message(str(exc))
+        self.records["Model:Deploy"].set(0)
+
+    def _saver(self, suffix: str) -> Any:
+        async def save(value: Any) -> None:
+            self.autosave.save(suffix, value)
+        return save
+
+    async def _auto_loop(self) -> None:
+        """Queue new scans while Auto is on; start the oldest whenever the slot is free."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await loop.run_in_executor(None, self._wake.wait, self.settings.poll_s)
+            self._wake.clear()
+            if not self.records["Workflow:Auto"].get():
+                continue
+            new = await loop.run_in_executor(None, self.watcher.poll)
+            if new and self.orch.busy:
+                self.message(f"Auto: queued {len(new)} scan(s); {len(self.watcher.pending)} "
+                             f"waiting")
+            if self.orch.busy or not self.watcher.pending:
+                continue
+            nxt = self.watcher.next()
+            if nxt is None:
+                continue
+            problem = check_scan_path(str(nxt), self.settings.data_path)
+            if problem:  # e.g. a symlink that points out of the data root
+                self.message(f"Auto: skipped {nxt.name}: {problem}")
+                continue
+            # the same path as a client's puts: validation reserves the slot, on_update starts
+            self.records["Scan:Path"].set(str(nxt))
+            self.records["Workflow:Start"].set(1)
+            if self.records["Workflow:Start"].get() != 1:  # a client's start got there first
+                self.watcher.pending.appendleft(nxt)
+
+    # -- life cycle -----------------------------------------------------------------------
+    def _initial(self) -> dict[str, Any]:
+        values: dict[str, Any] = dict(self.autosave.restore())
+        interrupted = self.registry.recover()
+        last = self.registry.last_run()
+        values["Model:Version_RBV"] = self.registry.latest_version()
+        if last is not None:
+            values["Workflow:RunId_RBV"] = last["id"]
+        if interrupted:
+            values["Workflow:State_RBV"] = STATES.index(FAILED)
+            values["Workflow:Message_RBV"] = (
+                f"run(s) {interrupted} interrupted: the IOC stopped while they were active")
+        return values
+
+    def start(self) -> None:
+        """Create the records, load the ACF, iocInit; serves CA and PVA from here on."""
+        from softioc import asyncio_dispatcher, builder, softioc
+
+        dispatcher = asyncio_dispatcher.AsyncioDispatcher()
+        self.loop = dispatcher.loop
+        updates: dict[str, Any] = {"Workflow:Start": self._on_start,
+                                   "Workflow:Abort": self._on_abort,
+                                   "Workflow:Auto": self._on_auto,
+                                   "Model:Deploy": self._on_deploy}
+        for spec in CONTROL:
+            if spec.autosave and spec.suffix not in updates:
+                updates[spec.suffix] = self._saver(spec.suffix)
+        self.records = self.__build(updates)
+        acf = access.write_acf(self.work / "ptychoflow.acf", self.settings.writers,
+                               self.settings.writer_hosts)
+        access.install_acf(acf)
+        builder.LoadDatabase()
+        softioc.iocInit(dispatcher)
+        if self.records["Workflow:Auto"].get():
+            self.watcher.snapshot()
+        self._auto_task = asyncio.run_coroutine_threadsafe(self._auto_loop(), self.loop)
+        self.loop.call_soon_threadsafe(self._warm)
+
+    def __build(self, updates: dict[str, Any]) -> dict[str, Any]:
+        from ptychoflow.ioc.records import create_records
+
+        return create_records(self.settings.prefix, self._initial(), self._validate, updates,
+                              always_update=MOMENTARY)
+
+    def _warm(self) -> None:
+        assert self.loop is not None
+        self.loop.run_in_executor(None, self.local.warm)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Abort an active run (recorded as Aborted), stop workers, close the registry."""
+        if self.loop is not None:
+            fut = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+            try:
+                fut.result(timeout)
+            except Exception:
+                log.exception("clean shutdown failed")
+        self.local.shutdown()
+        self.registry.close()
+
+    async def _shutdown(self) -> None:
+        if self._auto_task is not None:
+            self._auto_task.cancel()
+        task = self.orch.task
+        if task is not None and not task.done():
+            self.message("IOC stopping: aborting the active run")
+            await self.orch.abort()
+            try:
+                await asyncio.wait_for(task, 10)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+
+
+def serve(settings: IocSettings) -> int:
+    """Run the IOC until SIGINT or SIGTERM; returns the exit status."""
+    # CA/PVA server threads (put validation), the asyncio loop and the progress pump all
+    # need the GIL; handing it over every 1 ms instead of 5 ms keeps put-to-monitor tails short
+    sys.setswitchinterval(0.001)
+    ioc = ControlIoc(settings)
+    ioc.start()
+    log.info("control IOC %s serving CA and PVA; data root %s, work root %s; writers %s",
+             settings.prefix, settings.data_path, settings.work_path, settings.acl_summary())
+    print(f"ptychoflow ioc: serving {len(CONTROL)} PVs under {settings.prefix}", flush=True)
+    stop = threading.Event()
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping")
+    ioc.stop()
+    return 0

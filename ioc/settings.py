@@ -1,0 +1,67 @@
+"""Settings of ``ptychoflow ioc``: one dataclass, the ``[ioc]`` TOML section and the CLI flags.
+
+Stages are named in a sub-table ``[ioc.stages]`` (``transfer = "module:function"``)
+so a site can swap in its own stage without touching the IOC.
+"""
+
+from __future__ import annotations
+
+import getpass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptychoflow.config import ConfigError, setting
+from ptychoflow.pvnames import DEFAULT_PREFIX
+
+STAGE_STATES = {"transfer": "Transferring", "reconstruct": "Reconstructing",
+                "train": "Training", "export": "Deploying"}
+DEFAULT_STAGES = {name: f"ptychoflow.remote.stages:{name}" for name in STAGE_STATES}
+
+
+@dataclass
+class IocSettings:
+    """What a beamline configures for the control IOC."""
+
+    prefix: str = setting(DEFAULT_PREFIX, "PV prefix")
+    data_root: str = setting(".", "scan files must lie under this folder; Auto watches it")
+    work_root: str = setting("runs", "run folders, registry.sqlite, autosave file and models")
+    edge_prefix: str = setting("", "PV prefix of the edge service to deploy models to "
+                                   "(empty: models are registered but not deployed)")
+    writers: list[str] = setting([], "users allowed to write control PVs "
+                                     "(empty: everyone; reading is always open)")
+    writer_hosts: list[str] = setting([], "hosts allowed to write control PVs (empty: any host)")
+    poll_s: float = setting(0.5, "how often Auto mode looks for new scan files (s)")
+    abort_grace_s: float = setting(3.0, "how long an aborted stage may take to stop before "
+                                        "its worker process is terminated (s)")
+    stages: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STAGES),
+                                   metadata={"cli": False, "help": "stage functions"})
+
+    def __post_init__(self) -> None:
+        if not self.prefix:
+            raise ConfigError("prefix must not be empty; set --prefix, e.g. PTYCHO:")
+        if self.poll_s <= 0 or self.abort_grace_s < 0:
+            raise ConfigError("poll_s must be > 0 and abort_grace_s >= 0")
+        unknown = set(self.stages) - set(STAGE_STATES)
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {sorted(unknown)} in [ioc.stages]; "
+                              f"known: {sorted(STAGE_STATES)}")
+        self.stages = {**DEFAULT_STAGES, **self.stages}
+        for name, dotted in self.stages.items():
+            if ":" not in dotted:
+                raise ConfigError(f"[ioc.stages] {name} = {dotted!r} must be 'module:function'")
+
+    @property
+    def data_path(self) -> Path:
+        """The data root, resolved (symlinks followed) for containment checks."""
+        return Path(self.data_root).expanduser().resolve()
+
+    @property
+    def work_path(self) -> Path:
+        """The work root, resolved."""
+        return Path(self.work_root).expanduser().resolve()
+
+    def acl_summary(self) -> dict[str, Any]:
+        """Who may write, for the startup log."""
+        return {"users": self.writers or ["<everyone>"],
+                "hosts": self.writer_hosts or ["<any>"], "running_as": getpass.getuser()}

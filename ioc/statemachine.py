@@ -1,0 +1,58 @@
+"""The workflow's states and the transitions between them.
+
+Idle → Transferring → Reconstructing → Training → Deploying → Done, and from any
+active state to Failed or Aborted. A new run may start from any final state.
+Kept free of EPICS so the rules are unit-tested on their own.
+"""
+
+from __future__ import annotations
+
+from ptychoflow.pvnames import STATES
+
+IDLE, TRANSFERRING, RECONSTRUCTING, TRAINING, DEPLOYING, DONE, FAILED, ABORTED = STATES
+PIPELINE: tuple[tuple[str, str], ...] = (
+    (TRANSFERRING, "transfer"), (RECONSTRUCTING, "reconstruct"),
+    (TRAINING, "train"), (DEPLOYING, "export"),
+)
+ACTIVE = frozenset(state for state, _ in PIPELINE)
+FINAL = frozenset({IDLE, DONE, FAILED, ABORTED})
+
+
+class TransitionError(RuntimeError):
+    """A state change the workflow does not allow (a bug in the orchestrator)."""
+
+
+def allowed(current: str, new: str) -> bool:
+    """Whether the workflow may go from ``current`` to ``new``."""
+    order = [s for s, _ in PIPELINE]
+    if current in FINAL:
+        return new == order[0] or new == FAILED
+    if new in (FAILED, ABORTED):
+        return True
+    i = order.index(current)
+    return new == (order[i + 1] if i + 1 < len(order) else DONE)
+
+
+class StateMachine:
+    """The current state, changed only along allowed transitions."""
+
+    def __init__(self, state: str = IDLE) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        self.state = state
+
+    @property
+    def busy(self) -> bool:
+        """A run is active."""
+        return self.state in ACTIVE
+
+    def go(self, new: str) -> str:
+        """Move to ``new`` or raise :class:`TransitionError`; returns the new state."""
+        if not allowed(self.state, new):
+            raise TransitionError(f"workflow cannot go from {self.state} to {new}")
+        self.state = new
+        return new
+
+    def index(self) -> int:
+        """The state as the mbbi index of ``Workflow:State_RBV``."""
+        return STATES.index(self.state)

@@ -1,0 +1,55 @@
+"""Auto mode's eye on the data root: complete scan files that appeared since it looked.
+
+A writer creates ``scan.h5.part`` and renames it to ``scan.h5`` when it closes
+it, so a ``*.h5`` name is a complete file and a ``*.h5.part`` is not. Polling
+(a ``stat`` walk every ``poll_s``) is used rather than inotify because data
+roots are often network file systems, where inotify sees nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+
+class ScanWatcher:
+    """New complete ``*.h5`` files under ``root``, oldest first, each reported once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._seen: set[Path] = set()
+        self.pending: deque[Path] = deque()
+
+    def _complete(self) -> list[Path]:
+        found: list[tuple[float, str, Path]] = []
+        try:
+            for p in self.root.rglob("*.h5"):
+                try:
+                    st = p.stat()
+                except OSError:  # renamed or removed while we looked
+                    continue
+                if p.is_file():
+                    found.append((st.st_mtime, str(p), p))
+        except OSError:
+            return []
+        return [p for _, _, p in sorted(found)]
+
+    def snapshot(self) -> None:
+        """Treat every file present now as already seen (called when Auto turns on)."""
+        self._seen = set(self._complete())
+        self.pending.clear()
+
+    def poll(self) -> list[Path]:
+        """Queue files that appeared since the last look; returns the new ones."""
+        new = [p for p in self._complete() if p not in self._seen]
+        self._seen.update(new)
+        self.pending.extend(new)
+        return new
+
+    def next(self) -> Path | None:
+        """The oldest queued file that still exists, or ``None``."""
+        while self.pending:
+            p = self.pending.popleft()
+            if p.is_file():
+                return p
+        return None

@@ -1,0 +1,189 @@
+"""The four remote stages of a workflow run, in the contract of :mod:`ptychoflow.stages`.
+
+``transfer -> reconstruct -> train -> export``: each is a plain, picklable
+function ``fn(scan_path, workdir, params, progress=None) -> dict`` that any
+executor (a local process, a Parsl worker, a Globus Compute endpoint) can run.
+The orchestrator merges each result into ``params`` for the next stage, so
+later stages find ``params["path"]`` (the staged scan), ``params["reconstruction"]``
+and ``params["checkpoint"]``. Heavy imports (torch, pty-chi, onnx) happen
+inside the stage, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ptychoflow.remote._files import atomic_path
+
+from ptychoflow.scanfile import Scan, ScanFileError, read_scan
+from ptychoflow.stages import Reporter
+
+Params = dict[str, Any]
+
+
+class StageError(RuntimeError):
+    """A stage that cannot run with the parameters it was given."""
+
+
+def _scan_path(scan_path: str, params: Params) -> Path:
+    return Path(params.get("path") or scan_path)
+
+
+def _read(path: Path) -> Scan:
+    scan = read_scan(path)
+    scan.metadata["path"] = str(path)
+    return scan
+
+
+def _stem(path: Path) -> str:
+    from ptychoflow.remote.dataset import scan_key
+
+    return scan_key(path)
+
+
+def transfer(scan_path: str, workdir: str, params: Params,
+             progress: Reporter | None = None) -> dict[str, Any]:
+    """Stage the scan file into ``workdir`` (copy to ``.part``, then rename)."""
+    backend = str(params.get("transfer_backend", "Local"))
+    if backend.lower() == "globus":
+        raise StageError("transfer_backend=Globus is not configured in this release: no Globus "
+                         "endpoints or collection paths are set; use transfer_backend=Local "
+                         "(shared file system) for now")
+    if backend.lower() != "local":
+        raise StageError(f"unknown transfer_backend {backend!r}; use Local or Globus")
+    src = Path(scan_path)
+    if not src.is_file():
+        raise ScanFileError(src, "no such file to transfer; check Scan:Path")
+    if src.name.endswith(".part"):
+        raise ScanFileError(src, "is still being written (*.part); wait until it is renamed")
+    dest = Path(workdir) / src.name
+    size = src.stat().st_size
+    t0 = time.perf_counter()
+    if dest.resolve() != src.resolve():
+        done = 0
+        with atomic_path(dest) as tmp, open(src, "rb") as fi, open(tmp, "wb") as fo:
+            while block := fi.read(8 << 20):
+                fo.write(block)
+                done += len(block)
+                if progress is not None:
+                    progress(done / max(size, 1), bytes=done)
+        shutil.copystat(src, dest)
+    seconds = time.perf_counter() - t0
+    return {"path": str(dest), "bytes": size, "seconds": seconds,
+            "rate_mb_s": size / 1e6 / seconds if seconds > 0 else 0.0}
+
+
+def reconstruct(scan_path: str, workdir: str, params: Params,
+                progress: Reporter | None = None) -> dict[str, Any]:
+    """Iterative reconstruction (rPIE by default) into ``workdir/<scan>-recon.h5``."""
+    from ptychoflow.remote.recon import ReconSettings, reconstruct_scan, write_reconstruction
+
+    path = _scan_path(scan_path, params)
+    try:
+        settings = ReconSettings.from_params(params)
+    except (TypeError, ValueError) as exc:
+        raise StageError(f"reconstruction parameters: {exc}") from exc
+    scan = _read(path)
+    rec = reconstruct_scan(scan, settings, progress)
+    out = write_reconstruction(Path(workdir) / f"{_stem(path)}-recon.h5", rec)
+    return {"reconstruction": str(out), "epochs": len(rec.errors),
+            "final_error": rec.errors[-1], "algorithm": settings.algorithm,
+            "recon_seconds": rec.seconds,
+            "recon_seconds_per_frame": rec.seconds / scan.n_frames}
+
+
+def train(scan_path: str, workdir: str, params: Params,
+          progress: Reporter | None = None) -> dict[str, Any]:
+    """Add this scan's pairs to the training set in ``train_dir`` and train one round."""
+    from ptychoflow.remote.dataset import TrainSet
+    from ptychoflow.remote.pairs import ObjectGrid, input_scale, make_pairs, output_pixel_size
+    from ptychoflow.remote.recon import read_reconstruction
+    from ptychoflow.remote.train import TrainSettings, train_round
+
+    from ptychoflow.preprocess import Preprocess
+
+    if not params.get("reconstruction"):
+        raise StageError("train needs params['reconstruction'] (the reconstruct stage's "
+                         "output); run reconstruct first")
+    try:
+        settings = TrainSettings.from_params(params)
+    except (TypeError, ValueError) as exc:
+        raise StageError(f"training parameters: {exc}") from exc
+    path = _scan_path(scan_path, params)
+    scan = _read(path)
+    rec = read_reconstruction(params["reconstruction"])
+    root = Path(params.get("train_dir") or Path(workdir) / "trainset")
+    ts = TrainSet.open(root)
+    if ts is None:
+        # Binning by two keeps the real-space pixel and halves the field of view to about
+        # twice the probe (a quarter of the frame), where the frame holds information.
+        size = int(params.get("model_size") or (128 if scan.frame_shape[0] > 128 else 64))
+        crop = params.get("crop")
+        pre = Preprocess(size, int(crop) if crop else None,
+                         params.get("intensity", "sqrt"))
+        pre = Preprocess(pre.input_size, pre.crop, pre.intensity, input_scale(scan, pre))
+        ts = TrainSet(root, pre, size, output_pixel_size(scan, pre),
+                      bool(params.get("amplitude", False)))
+    px = output_pixel_size(scan, ts.preprocess)
+    if abs(px / ts.output_pixel_size_m - 1) > 0.01:
+        raise StageError(f"{path}: its geometry gives an output pixel of {px:.3e} m but the "
+                         f"training set in {root} uses {ts.output_pixel_size_m:.3e} m; use "
+                         "another train_dir for this energy/distance/detector")
+    grid = ObjectGrid.centred(rec.object, rec.pixel_size_m)
+    x, y = make_pairs(scan, grid, ts.preprocess, ts.output_size, ts.amplitude)
+    ts.add(_stem(path), x, y, {"scan": str(path), "reconstruction": params["reconstruction"]},
+           seed=settings.seed)
+    result = train_round(ts, settings, progress)
+    result["train_dir"] = str(root)
+    result["scans_in_set"] = len(ts.scans)
+    return result
+
+
+def export(scan_path: str, workdir: str, params: Params,
+           progress: Reporter | None = None) -> dict[str, Any]:
+    """Export the best checkpoint to ONNX + card in ``model_dir`` and measure its quality."""
+    from ptychoflow.remote.export import export_checkpoint
+    from ptychoflow.remote.train import load_checkpoint
+
+    ckpt_path = params.get("checkpoint") or Path(
+        params.get("train_dir") or Path(workdir) / "trainset") / "checkpoints" / "best.pt"
+    if not Path(ckpt_path).exists():
+        raise StageError(f"no checkpoint at {ckpt_path}; run the train stage first or set "
+                         "checkpoint")
+    ckpt = load_checkpoint(ckpt_path)
+    path = _scan_path(scan_path, params)
+    scan = _read(path)
+    if progress is not None:
+        progress(0.1, message="measuring quality")
+    quality, x = evaluate_scan(ckpt, scan, params.get("reconstruction"))
+    if progress is not None:
+        progress(0.5, message="exporting ONNX")
+    step = max(1, len(x) // 16)
+    version = params.get("version")
+    result = export_checkpoint(
+        ckpt, params.get("model_dir") or Path(workdir) / "models", x[::step][:16],
+        version=int(version) if version not in (None, "") else None,
+        metrics={"quality": quality, "quality_scan": str(path)},
+        build_tensorrt=bool(params.get("tensorrt", True)))
+    if progress is not None:
+        progress(1.0, message=f"model v{result['version']} exported")
+    result["quality"] = quality
+    return result
+
+
+def evaluate_scan(ckpt: Any, scan: Scan, reconstruction: str | None = None) -> \
+        tuple[dict[str, Any], Any]:
+    """Quality of a checkpoint's stitched phase on ``scan`` vs the reconstruction and truth."""
+    from ptychoflow.remote.quality import scan_quality
+    from ptychoflow.remote.train import predict
+
+    from ptychoflow.preprocess import Preprocess
+
+    pre = Preprocess.from_dict(ckpt.meta["preprocess"])
+    x = pre(scan.data)
+    phases = predict(ckpt.model(), x)[:, 0]
+    return scan_quality(phases, scan, float(ckpt.meta["output_pixel_size_m"]),
+                        reconstruction), x

@@ -1,0 +1,145 @@
+"""The edge follows a live stream: predictions, the stitched map, bad frames, restarts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import wait_for_pva
+from tests.system.edge.edge_helpers import PIXEL, Collector, FrameSource, edge_args
+
+pytestmark = pytest.mark.system
+
+
+def _start_edge(start_server, edge_env, prefix, source, model, *extra):
+    edge = start_server(edge_args(prefix, source.pv, model, *extra), edge_env, name="edge")
+    wait_for_pva(edge_env, prefix + "Edge:Processed_RBV", server=edge)
+    return edge
+
+
+def test_predictions_carry_ids_and_stitched_map_matches_object(
+        start_server, edge_env, prefix, source: FrameSource, collector: Collector,
+        model_dir: Path) -> None:
+    rng = np.random.default_rng(1)
+    obj = rng.uniform(-1.0, 1.0, (96, 96)).astype(np.float32)
+    edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx")
+    collector.watch(prefix + "Edge:Phase")
+    collector.watch(prefix + "Edge:Stitched")
+    time.sleep(1.0)
+    # 32x32 patches on a 5x5 grid with step 16 px, centred on the object centre
+    uid, sent = 0, {}
+    t0 = time.time() - 100.0
+    for iy in range(5):
+        for ix in range(5):
+            r, c = 16 * iy, 16 * ix
+            patch = obj[r:r + 32, c:c + 32]
+            cy, cx = r + 15.5 - 47.5, c + 15.5 - 47.5  # patch centre rel. to object centre
+            uid += 1
+            sent[uid] = t0 + uid
+            source.publish(patch, uid, {"PositionX": cx * PIXEL, "PositionY": cy * PIXEL},
+                           ts=sent[uid])
+            time.sleep(0.01)
+    phases = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 25)
+    assert [f.unique_id for f in phases] == list(range(1, 26))
+    for f in phases:
+        assert f.array.dtype == np.float32
+        assert f.timestamp == pytest.approx(sent[f.unique_id], abs=1e-6)
+    stitched = collector.wait_for(prefix + "Edge:Stitched",
+                                  lambda fr: bool(fr) and fr[-1].attributes.get("Frames") == 25)
+    st = stitched[-1]
+    assert st.unique_id == 25
+    img = st.array
+    ox, oy = st.attributes["OriginX"], st.attributes["OriginY"]
+    # object pixel (0, 0) is at -47.5 px from the centre; find it on the map
+    r0, c0 = round(-47.5 - oy / PIXEL), round(-47.5 - ox / PIXEL)
+    assert abs((-47.5 - oy / PIXEL) - r0) < 1e-6 and abs((-47.5 - ox / PIXEL) - c0) < 1e-6
+    np.testing.assert_allclose(img[r0:r0 + 96, c0:c0 + 96], obj, atol=1e-5)
+    collector.wait_value(prefix + "Edge:Processed_RBV", lambda v: v == 25)
+    assert collector.get(prefix + "Edge:Dropped_RBV") == 0
+    assert edge.alive()
+
+
+def _pos(i: int) -> dict[str, float]:
+    return {"PositionX": (i % 8) * 4 * PIXEL, "PositionY": (i // 8) * 4 * PIXEL}
+
+
+def test_bad_frames_are_counted_and_skipped(start_server, edge_env, prefix, source: FrameSource,
+                                            collector: Collector, model_dir: Path) -> None:
+    edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx")
+    collector.watch(prefix + "Edge:Phase")
+    time.sleep(1.0)
+    good = np.ones((32, 32), np.float32)
+    nan = good.copy()
+    nan[3, 4] = np.nan
+    inf = good.copy()
+    inf[0, 0] = np.inf
+    frames = [
+        (good, _pos(1)),
+        (nan, _pos(2)),                                   # NaN
+        (np.ones((16, 16), np.float32), _pos(3)),         # smaller than the network input
+        (good, {}),                                       # no position attributes
+        (np.zeros((0, 0), np.float32), _pos(5)),          # empty
+        (inf, _pos(6)),                                   # infinity
+        (np.ones((32, 32), np.bool_), _pos(7)),           # not a number type
+        (good.astype(np.uint8), _pos(8)),                 # fine: any integer type
+        (np.ones((40, 40), np.int32), _pos(9)),           # fine: larger frames are binned
+    ]
+    for uid, (arr, attrs) in enumerate(frames, start=1):
+        source.publish(arr, uid, attrs)
+        time.sleep(0.02)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 3)
+    time.sleep(0.5)
+    assert [f.unique_id for f in collector.frames(prefix + "Edge:Phase")] == [1, 8, 9]
+    collector.wait_value(prefix + "Edge:BadFrames_RBV", lambda v: v == 6)
+    msg = collector.get(prefix + "Edge:Message_RBV")
+    assert "bad frame" in msg
+    # the service keeps running and processes the next good frame
+    source.publish(good, 10, _pos(10))
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 4)
+    assert got[-1].unique_id == 10
+    assert edge.alive()
+
+
+def test_reconnects_after_source_restart(start_server, edge_env, prefix, source: FrameSource,
+                                         collector: Collector, model_dir: Path) -> None:
+    edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx")
+    collector.watch(prefix + "Edge:Phase")
+    time.sleep(1.0)
+    frame = np.ones((32, 32), np.uint16)
+    for uid in range(1, 6):
+        source.publish(frame, uid, _pos(uid))
+        time.sleep(0.02)
+    collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 5)
+    source.stop()
+    collector.wait_value(prefix + "Edge:Message_RBV", lambda m: "went away" in m)
+    time.sleep(1.0)
+    source.start()  # a new scan: ids start again at 1
+    collector.wait_value(prefix + "Edge:Message_RBV", lambda m: m.startswith("connected to"))
+    for uid in range(1, 6):
+        source.publish(frame * 3, uid, _pos(uid))
+        time.sleep(0.02)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 10)
+    assert [f.unique_id for f in got] == [1, 2, 3, 4, 5] * 2
+    assert got[-1].array.mean() == pytest.approx(3.0)
+    assert edge.alive()
+
+
+def test_fixed_batch_model_without_card(start_server, edge_env, prefix, source: FrameSource,
+                                        collector: Collector, tmp_path: Path) -> None:
+    from ptychoflow.edge.onnxmodels import affine_model
+
+    model = affine_model(tmp_path / "m" / "net.onnx", 32, batch=4)  # no card: sqrt, no map
+    edge = _start_edge(start_server, edge_env, prefix, source, model, "--no-stitch",
+                       "--latency-budget-ms", "50")
+    collector.watch(prefix + "Edge:Phase")
+    time.sleep(1.0)
+    for uid in range(1, 11):  # 10 frames: batches of 4, 4 and a padded 2
+        source.publish(np.full((32, 32), uid * uid, np.uint16), uid)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 10)
+    assert [f.unique_id for f in got] == list(range(1, 11))
+    for f in got:  # default preprocessing of a card-less model: sqrt
+        np.testing.assert_allclose(f.array, f.unique_id, rtol=1e-6)
+    assert edge.alive()

@@ -1,0 +1,116 @@
+"""Small, real stage functions for testing the orchestrator (not shipped).
+
+They follow ptychoflow.stages' contract exactly: read the scan, write outputs
+atomically under ``workdir``, report progress through the Reporter (which
+raises Cancelled after an Abort) and return a result dict. The IOC under test
+loads them by dotted name from a TOML file ([ioc.stages]); the folder of this
+module is put on the IOC's PYTHONPATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychoflow.scanfile import read_scan
+
+EPOCH_S = float(os.environ.get("IOC_TEST_EPOCH_S", "0.02"))
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> str:
+    tmp = path.with_name(path.name + ".part")
+    with tmp.open("wb") as fh:
+        np.save(fh, array)
+    os.replace(tmp, path)
+    return str(path)
+
+
+def transfer(scan_path: str, workdir: str, params: dict[str, Any],
+             progress: Any = None) -> dict[str, Any]:
+    src = Path(scan_path)
+    read_scan(src, frames=False)  # refuses a file that is not a scan
+    dst = Path(workdir) / src.name
+    t0 = time.perf_counter()
+    tmp = dst.with_name(dst.name + ".part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    rate = src.stat().st_size / 1e6 / max(time.perf_counter() - t0, 1e-6)
+    if progress:
+        progress(1.0, f"copied {src.name}", rate_mb_s=rate)
+    return {"scan_path": str(dst), "transfer_bytes": src.stat().st_size}
+
+
+def reconstruct(scan_path: str, workdir: str, params: dict[str, Any],
+                progress: Any = None) -> dict[str, Any]:
+    scan = read_scan(scan_path)
+    image = np.zeros(scan.frame_shape)
+    epochs = int(params["recon_epochs"])
+    for epoch in range(1, epochs + 1):
+        image += scan.data.mean(axis=0) / epochs
+        time.sleep(EPOCH_S)
+        if progress:
+            progress(epoch / epochs, f"epoch {epoch}", epoch=epoch, error=1.0 / epoch)
+    out = _atomic_save(Path(workdir) / "recon.npy", image)
+    return {"reconstruction": out, "algorithm_used": params["algorithm"]}
+
+
+def train(scan_path: str, workdir: str, params: dict[str, Any],
+          progress: Any = None) -> dict[str, Any]:
+    recon = np.load(params["reconstruction"])  # reconstruct's result reaches train
+    epochs = int(params["train_epochs"])
+    best = float("inf")
+    for epoch in range(1, epochs + 1):
+        loss, val = 1.0 / epoch, 1.5 / epoch
+        best = min(best, val)
+        time.sleep(EPOCH_S)
+        if progress:
+            progress(epoch / epochs, f"epoch {epoch}", epoch=epoch, loss=loss, val_loss=val,
+                     best_val_loss=best)
+    out = _atomic_save(Path(workdir) / "checkpoint.npy", recon * 2)
+    return {"checkpoint": out, "best_val_loss": best}
+
+
+def export(scan_path: str, workdir: str, params: dict[str, Any],
+           progress: Any = None) -> dict[str, Any]:
+    weights = np.load(params["checkpoint"])  # train's result reaches export
+    model_dir = Path(params["model_dir"])
+    model = model_dir / f"model-v{params['version']}.onnx"
+    tmp = model.with_name(model.name + ".part")
+    tmp.write_bytes(weights.tobytes())
+    os.replace(tmp, model)
+    if progress:
+        progress(1.0, f"exported {model.name}")
+    return {"model": str(model), "version": params["version"],
+            "quality": {"ssim": 0.875}, "metrics": {"best_val_loss": params["best_val_loss"]}}
+
+
+def train_slow(scan_path: str, workdir: str, params: dict[str, Any],
+               progress: Any = None) -> dict[str, Any]:
+    """Trains for up to a minute, writing a partial file, honouring cancel between steps."""
+    partial = Path(workdir) / "partial.npy"
+    _atomic_save(partial, np.zeros(3))
+    for step in range(600):
+        time.sleep(0.1)
+        if progress:
+            progress(step / 600, f"step {step}", epoch=step, loss=1.0)
+    return {"checkpoint": str(partial)}
+
+
+def train_stubborn(scan_path: str, workdir: str, params: dict[str, Any],
+                   progress: Any = None) -> dict[str, Any]:
+    """Ignores cancel (never calls progress after the first report): must be terminated."""
+    if progress:
+        progress(0.0, "stubborn start", epoch=0)
+    _atomic_save(Path(workdir) / "partial.npy", np.zeros(3))
+    time.sleep(120)
+    return {"checkpoint": "never"}
+
+
+def reconstruct_failing(scan_path: str, workdir: str, params: dict[str, Any],
+                        progress: Any = None) -> dict[str, Any]:
+    raise ValueError("synthetic solver divergence at epoch 3")

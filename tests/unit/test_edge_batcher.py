@@ -1,0 +1,52 @@
+"""The frame queue: bounded, drops the oldest (counted), hands out micro-batches."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ptychoflow.edge.batcher import FrameQueue
+
+
+def test_full_queue_drops_oldest_and_counts() -> None:
+    q: FrameQueue[int] = FrameQueue(4)
+    dropped: list[int] = []
+    q.on_drop = dropped.append
+    for i in range(10):
+        q.put(i)
+    assert len(q) == 4 and q.dropped == 6 and dropped == [0, 1, 2, 3, 4, 5]
+    assert q.get_batch(10, 0.0) == [6, 7, 8, 9]
+
+
+def test_batch_is_capped_at_max_n() -> None:
+    q: FrameQueue[int] = FrameQueue(100)
+    for i in range(10):
+        q.put(i)
+    assert q.get_batch(4, 0.0) == [0, 1, 2, 3]
+    assert q.get_batch(4, 0.0) == [4, 5, 6, 7]
+    assert q.get_batch(4, 0.0) == [8, 9]
+
+
+def test_waits_up_to_the_latency_budget_for_more_frames() -> None:
+    q: FrameQueue[int] = FrameQueue(100)
+    q.put(1)
+    threading.Timer(0.05, q.put, args=(2,)).start()
+    t0 = time.monotonic()
+    assert q.get_batch(8, budget_s=1.0) == [1, 2] or q.get_batch(8, 0.0) == [2]
+    assert time.monotonic() - t0 >= 0.9  # kept waiting for a full batch until the budget
+
+
+def test_returns_early_when_batch_fills() -> None:
+    q: FrameQueue[int] = FrameQueue(100)
+    q.put(1)
+    threading.Timer(0.05, lambda: [q.put(i) for i in range(2, 5)]).start()
+    t0 = time.monotonic()
+    assert q.get_batch(4, budget_s=5.0) == [1, 2, 3, 4]
+    assert time.monotonic() - t0 < 4.0
+
+
+def test_timeout_and_close() -> None:
+    q: FrameQueue[int] = FrameQueue(2)
+    assert q.get_batch(4, 0.0, timeout=0.05) == []
+    threading.Timer(0.05, q.close).start()
+    assert q.get_batch(4, 0.0, timeout=10.0) == []

@@ -1,0 +1,128 @@
+"""Which models the edge serves: inside the model folder, matching their card, runnable."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ptychoflow.edge.engines import OrtEngine
+from ptychoflow.edge.model import ModelError, resolve_model_path
+from ptychoflow.edge.onnxmodels import affine_model, write_card
+from ptychoflow.edge.settings import EdgeSettings
+from ptychoflow.edge.swap import prepare
+
+from ptychoflow.preprocess import Preprocess
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    d = tmp_path / "models"
+    affine_model(d / "model-v1.onnx", 16)
+    write_card(d / "model-v1.onnx", 1, Preprocess(16, intensity="linear"), 1e-8)
+    return d
+
+
+def test_paths_resolve_inside_the_folder_only(folder: Path, tmp_path: Path) -> None:
+    assert resolve_model_path("model-v1.onnx", folder) == (folder / "model-v1.onnx").resolve()
+    assert resolve_model_path("1", folder) == (folder / "model-v1.onnx").resolve()
+    with pytest.raises(ModelError, match="outside the model folder"):
+        resolve_model_path("../x/model-v1.onnx", folder)
+    outside = affine_model(tmp_path / "evil" / "model-v5.onnx", 16)
+    with pytest.raises(ModelError, match="outside the model folder"):
+        resolve_model_path(str(outside), folder)
+    os.symlink(outside, folder / "model-v5.onnx")  # a link pointing out is refused too
+    with pytest.raises(ModelError, match="outside the model folder"):
+        resolve_model_path("5", folder)
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_model_path("7", folder)
+    with pytest.raises(ModelError, match="not an .onnx"):
+        resolve_model_path("model-v1.json", folder)
+
+
+def _settings(**kw: object) -> EdgeSettings:
+    return EdgeSettings(threads=1, **kw)  # type: ignore[arg-type]
+
+
+def test_prepare_reads_the_card(folder: Path) -> None:
+    served = prepare("1", _settings(), folder)
+    try:
+        info = served.info
+        assert info.version == 1 and info.has_card and info.batch is None
+        assert info.preprocess.intensity == "linear" and info.pixel_size_m == 1e-8
+        out = served.runner.submit(np.ones((3, 1, 16, 16), np.float32)).result(10)
+        assert out[0].shape == (3, 1, 16, 16)
+    finally:
+        served.runner.close()
+
+
+def test_checksum_mismatch_is_refused(folder: Path) -> None:
+    affine_model(folder / "model-v1.onnx", 16, scale=3.0)  # file changed after its card
+    with pytest.raises(ModelError, match="sha256"):
+        prepare("1", _settings(), folder)
+
+
+def test_card_shape_mismatch_is_refused(folder: Path) -> None:
+    card = json.loads((folder / "model-v1.json").read_text())
+    card["input"]["shape"] = [-1, 1, 32, 32]
+    (folder / "model-v1.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="input shape"):
+        prepare("1", _settings(), folder)
+
+
+def test_model_without_card_uses_its_own_shapes(tmp_path: Path) -> None:
+    affine_model(tmp_path / "net.onnx", 24, batch=4, amplitude=True)
+    served = prepare("net.onnx", _settings(pixel_size_m=2e-8), tmp_path)
+    try:
+        info = served.info
+        assert (info.batch, info.height, info.width) == (4, 24, 24)
+        assert info.preprocess == Preprocess(input_size=24)
+        assert info.pixel_size_m == 2e-8 and info.card is None
+        assert info.output_names[info.phase_index] == "phase"
+        assert info.output_names[info.amplitude_index] == "amplitude"  # type: ignore[index]
+    finally:
+        served.runner.close()
+
+
+def test_fixed_batch_models_get_padded_and_split(tmp_path: Path) -> None:
+    eng = OrtEngine(affine_model(tmp_path / "m.onnx", 8, batch=4, scale=2.0), threads=1)
+    assert eng.fixed_batch == 4
+    x = np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((10, 1, 8, 8),
+                                                                        np.float32)
+    (y,) = eng.infer(x)
+    assert y.shape == (10, 1, 8, 8)
+    np.testing.assert_allclose(y[:, 0, 0, 0], 2 * np.arange(10))
+
+
+def test_multi_channel_models_are_refused(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+    from ptychoflow.edge.onnxmodels import _save
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, 8, 8])
+    _save(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+          tmp_path / "rgb.onnx")
+    with pytest.raises(ModelError, match=r"\[B, 1, H, W\]"):
+        prepare("rgb.onnx", _settings(), tmp_path)
+
+
+def test_torch_engine_matches_onnxruntime(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from ptychoflow.edge.engines import TorchEngine, make_engine
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Tanh()).eval()
+    path = tmp_path / "model-v1.onnx"
+    torch.onnx.export(net, torch.zeros(2, 1, 16, 16), str(path), input_names=["diffraction"],
+                      output_names=["phase"], dynamic_axes={"diffraction": {0: "b"},
+                                                            "phase": {0: "b"}}, dynamo=False)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    ep = torch.export.export(net, (torch.zeros(2, 1, 16, 16),), dynamic_shapes=({0: batch},))
+    torch.export.save(ep, str(tmp_path / "model-v1.pt2"))
+    write_card(path, 1, Preprocess(16), 1e-8)
+    x = np.random.default_rng(0).random((5, 1, 16, 16), dtype=np.float32)
+    te = make_engine(path, engine="torch", device="cpu", threads=1)
+    assert isinstance(te, TorchEngine) and te.input_name == "diffraction"
+    np.testing.assert_allclose(te.infer(x)[0], OrtEngine(path, threads=1).infer(x)[0],
+                               atol=1e-5)
