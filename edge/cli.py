@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             service = EdgeService(settings)
-        except ModelError as exc:
+        except (ModelError, ValueError, OSError) as exc:  # model, positions file, ports
             log.error("cannot serve: %s", exc)
             return 2
         log.info("edge serving under %s", settings.prefix)

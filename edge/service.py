@@ -80,7 +80,8 @@ class EdgeService:
         self._last_bad_msg = 0.0
         self.stitcher: Stitcher | None = None
         self._scan_key: Any = None
-        self._last_pub_uid: int | None = None
+        self._last_pub: Frame | None = None  # the last frame published (ids for the map)
+        self._stitch_uid: int | None = None
         self.server = EdgeServer(settings.prefix, {
             "Edge:Stitched:Reset": self._on_reset,
             "Edge:Enable": self._on_enable,
@@ -125,9 +126,10 @@ class EdgeService:
     def _engine_name(self) -> str:
         r = self.served.runner
         eng = getattr(r, "engine", None)
-        name = eng.name if eng is not None else f"{r.workers} worker processes"
-        return f"{name}" + (f" {getattr(eng, 'providers', [''])[0]}" if eng is not None and
-                            hasattr(eng, "providers") else "")
+        if eng is None:
+            return f"{r.workers} worker processes"
+        where = getattr(eng, "providers", None) or [str(getattr(eng, "_device", ""))]
+        return f"{eng.name} ({where[0]})"
 
     # ---- input -------------------------------------------------------------------------
     def _on_frame(self, item: Incoming) -> None:
@@ -202,11 +204,17 @@ class EdgeService:
                 shape = frames[0].array.shape
                 idx = [i for i, f in enumerate(frames) if f.array.shape == shape]
                 group = [frames[i] for i in idx]
-                x = served.info.preprocess(np.stack([f.array for f in group]))
-                batch = _Batch(served.runner.submit(x), group, [arrivals[i] for i in idx],
-                               [positions[i] for i in idx], served)
-                self._fifo.put(batch)
-                keep = [i for i in range(len(frames)) if i not in set(idx)]
+                try:
+                    x = served.info.preprocess(np.stack([f.array for f in group]))
+                except (ValueError, TypeError) as exc:  # never let one batch stop the edge
+                    for _ in group:
+                        self._bad(f"preprocessing failed: {exc}")
+                else:
+                    batch = _Batch(served.runner.submit(x), group, [arrivals[i] for i in idx],
+                                   [positions[i] for i in idx], served)
+                    self._fifo.put(batch)
+                taken = set(idx)
+                keep = [i for i in range(len(frames)) if i not in taken]
                 frames = [frames[i] for i in keep]
                 arrivals = [arrivals[i] for i in keep]
                 positions = [positions[i] for i in keep]
@@ -248,7 +256,11 @@ class EdgeService:
                     self.stitcher.reset()
                     stitch_dirty = True
             if isinstance(entry, _Batch):
-                stitch_dirty |= self._emit(entry, lat_window)
+                try:
+                    stitch_dirty |= self._emit(entry, lat_window)
+                except Exception as exc:  # a publishing failure must not stop the edge
+                    log.exception("publishing failed")
+                    self.message(f"publishing {len(entry.frames)} frame(s) failed: {exc}")
             now = time.monotonic()
             if stitch_dirty and self.stitcher is not None and now - last_stitch >= min_period:
                 last_stitch = now
@@ -291,7 +303,6 @@ class EdgeService:
                     stitched = True
                 except StitchError as exc:
                     self._bad(str(exc))
-            self._last_pub_uid = f.unique_id
             self._last_pub = f
         now = time.monotonic()
         lat_window.extend(now - t for t in b.arrivals)
@@ -303,7 +314,7 @@ class EdgeService:
         """A uniqueId that went backwards or a new scan id attribute starts a new map."""
         assert self.stitcher is not None
         key = f.attributes.get(self.settings.scan_id_attribute)
-        prev = getattr(self, "_stitch_uid", None)
+        prev = self._stitch_uid
         if (prev is not None and f.unique_id < prev) or key != self._scan_key:
             if self.stitcher.count:
                 self.stitcher.reset()
@@ -312,7 +323,7 @@ class EdgeService:
 
     def _post_stitched(self) -> None:
         assert self.stitcher is not None
-        f = getattr(self, "_last_pub", None)
+        f = self._last_pub
         y0, x0 = self.stitcher.origin_m
         img = self.stitcher.image()
         if img.size == 0:

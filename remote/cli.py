@@ -38,7 +38,8 @@ class RemoteSettings:
     train_dir: str = setting("trainset", "the persistent training set and best checkpoint")
     train_epochs: int = setting(50, "training epochs per round")
     val_fraction: float = setting(0.1, "fraction of pairs held out for validation")
-    train_batch_size: int = setting(32, "training mini-batch")
+    train_batch_size: int = setting(16, "training mini-batch (small batches: more steps "
+                                        "per epoch, which this network needs)")
     model_size: int | None = setting(None, "network input size for a new training set "
                                            "(128 or 64; None: 128 for frames over 128, "
                                            "else 64)")

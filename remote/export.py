@@ -3,8 +3,8 @@
 The ONNX file has a dynamic batch axis (the edge batches frames as they come),
 passes ``onnx.checker`` and must reproduce PyTorch on held-out frames to
 within ``PARITY_TOL``; only then are ``model-vN.onnx`` and its card renamed
-into the model folder, the card last, so the edge (which refuses an ONNX
-without a matching card checksum) never sees a half-exported version.
+into the model folder, the card just before the ONNX, so the edge never finds
+a model without its card nor a half-written one.
 """
 
 from __future__ import annotations
@@ -115,9 +115,7 @@ def export_checkpoint(ckpt: Checkpoint, model_dir: str | os.PathLike[str],
                       metrics: dict[str, Any] | None = None,
                       training: dict[str, Any] | None = None,
                       build_tensorrt: bool = True) -> dict[str, Any]:
-    """Write ``model-vN.onnx`` and ``model-vN.json`` (atomically, card last)."""
-    from ptychoflow.preprocess import Preprocess
-
+    """Write ``model-vN.onnx`` and ``model-vN.json`` (each atomically, the card first)."""
     folder = Path(model_dir)
     folder.mkdir(parents=True, exist_ok=True)
     n = int(version) if version is not None else next_version(folder)
@@ -128,6 +126,27 @@ def export_checkpoint(ckpt: Checkpoint, model_dir: str | os.PathLike[str],
         raise ExportError(f"{onnx_path} already exists; versions are never overwritten, "
                           f"pick another (next free: {next_version(folder)})")
     model = ckpt.model()
+    cpath = card_path(onnx_path)
+    try:
+        digest, diff = _write_model(ckpt, model, onnx_path, cpath, n, parity_frames, metrics,
+                                    training)
+    except BaseException:
+        if not onnx_path.exists():  # the model never arrived: take back an orphan card
+            cpath.unlink(missing_ok=True)
+        raise
+    result: dict[str, Any] = {"model": str(onnx_path), "card": str(card_path(onnx_path)),
+                              "version": n, "sha256": digest, "parity_max_abs_diff": diff}
+    if build_tensorrt:
+        result.update(tensorrt_engine(onnx_path))
+    return result
+
+
+def _write_model(ckpt: Checkpoint, model: PtychoNN, onnx_path: Path, cpath: Path, n: int,
+                 parity_frames: np.ndarray, metrics: dict[str, Any] | None,
+                 training: dict[str, Any] | None) -> tuple[str, float]:
+    """Export, check, write the card, then rename the ONNX in; returns (sha256, parity)."""
+    from ptychoflow.preprocess import Preprocess
+
     s = ckpt.config.input_size
     meta = ckpt.meta
     with atomic_path(onnx_path) as tmp_onnx:
@@ -139,31 +158,24 @@ def export_checkpoint(ckpt: Checkpoint, model_dir: str | os.PathLike[str],
         finally:
             tmp.unlink(missing_ok=True)
         digest = sha256_file(tmp_onnx)
-    card = ModelCard(
-        version=n, model_file=onnx_path.name, sha256=digest,
-        input=TensorSpec(INPUT_NAME, [-1, 1, s, s]),
-        outputs=[TensorSpec(name, [-1, 1, s, s]) for name in model.output_names],
-        preprocessing=Preprocess.from_dict(meta["preprocess"]),
-        output_pixel_size_m=float(meta["output_pixel_size_m"]),
-        training={"scans": meta.get("scans", []), "pairs": meta.get("pairs"),
-                  "epoch": meta.get("epoch"), "round": meta.get("round"),
-                  "settings": meta.get("settings", {}),
-                  "network": {"name": "PtychoNN", **ckpt.config.to_dict()},
-                  **(training or {})},
-        metrics={"best_val_loss": meta.get("best_val_loss"), "parity_max_abs_diff": diff,
-                 **(metrics or {})},
-        provenance={"exporter": "ptychoflow.remote.export", "opset": _opset(onnx_path)},
-    )
-    try:
-        card.save(card_path(onnx_path))
-    except BaseException:
-        onnx_path.unlink(missing_ok=True)
-        raise
-    result: dict[str, Any] = {"model": str(onnx_path), "card": str(card_path(onnx_path)),
-                              "version": n, "sha256": digest, "parity_max_abs_diff": diff}
-    if build_tensorrt:
-        result.update(tensorrt_engine(onnx_path))
-    return result
+        card = ModelCard(
+            version=n, model_file=onnx_path.name, sha256=digest,
+            input=TensorSpec(INPUT_NAME, [-1, 1, s, s]),
+            outputs=[TensorSpec(name, [-1, 1, s, s]) for name in model.output_names],
+            preprocessing=Preprocess.from_dict(meta["preprocess"]),
+            output_pixel_size_m=float(meta["output_pixel_size_m"]),
+            training={"scans": meta.get("scans", []), "pairs": meta.get("pairs"),
+                      "epoch": meta.get("epoch"), "round": meta.get("round"),
+                      "settings": meta.get("settings", {}),
+                      "network": {"name": "PtychoNN", **ckpt.config.to_dict()},
+                      **(training or {})},
+            metrics={"best_val_loss": meta.get("best_val_loss"), "parity_max_abs_diff": diff,
+                     **(metrics or {})},
+            provenance={"exporter": "ptychoflow.remote.export", "opset": _opset(tmp_onnx)},
+        )
+        # card first: until the ONNX is renamed in, there is no model to load without one
+        card.save(cpath)
+    return digest, diff
 
 
 def _opset(path: Path) -> int | None:

@@ -4,10 +4,9 @@
 The network predicts each patch's phase relative to the patch's own centre
 (see :mod:`.pairs`), so before a patch is stitched its constant offset is
 matched to the map built so far over their overlap. The map is the edge's
-:class:`~ptychoflow.edge.stitch.Stitcher` placement with one addition: each
-patch pixel is weighted by a Gaussian window about the patch centre
-(:func:`window`), because the network only sees the object where the probe
-was; ``sigma_fraction=None`` gives the edge's plain average. Reference and
+:class:`~ptychoflow.edge.stitch.Stitcher` (plain average of overlaps), so the
+figures describe what the beamline sees on ``Edge:Stitched``; a Gaussian
+window per patch (``sigma_fraction``) is available but measured no better. Reference and
 map are compared on the map's grid, over the pixels the scan covered well,
 after removing a constant phase offset: SSIM (uniform 7x7 window, as
 scikit-image's default), PSNR over the reference's range, and the RMS phase
@@ -64,7 +63,7 @@ class WeightedStitcher(Stitcher):
 
 
 def stitch_phase(phases: np.ndarray, positions_m: np.ndarray, pixel_m: float,
-                 align: bool = True, sigma_fraction: float | None = 1 / 6) -> Stitcher:
+                 align: bool = True, sigma_fraction: float | None = None) -> Stitcher:
     """Stitch (N, S, S) phase patches at (N, 2) (y, x) metres; offsets matched on overlap."""
     st = WeightedStitcher(pixel_m)
     s = phases.shape[-1]
@@ -157,7 +156,7 @@ def compare(phase: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> dict[
 
 def map_quality(phases: np.ndarray, positions_m: np.ndarray, pixel_m: float,
                 references: dict[str, ObjectGrid],
-                sigma_fraction: float | None = 1 / 6) -> dict[str, Any]:
+                sigma_fraction: float | None = None) -> dict[str, Any]:
     """Stitch predicted phases and compare them with each named reference object.
 
     Keys come out as ``ssim``/``psnr``/``phase_rmse`` for the first reference and
@@ -174,14 +173,6 @@ def map_quality(phases: np.ndarray, positions_m: np.ndarray, pixel_m: float,
         m = compare(est, np.angle(ref), mask)
         prefix = "" if i == 0 else f"{name}_"
         out.update({f"{prefix}{k}": v for k, v in m.items()})
-    if sigma_fraction is not None and references:
-        # the same predictions averaged plainly, as the edge's own stitcher does
-        name, grid = next(iter(references.items()))
-        st0 = stitch_phase(phases, positions_m, pixel_m, sigma_fraction=None)
-        ref, ok = reference_on_map(st0, grid)
-        m = compare(st0.image().astype(np.float64), np.angle(ref),
-                    coverage_mask(st0, phases.shape[-1]) & ok)
-        out["ssim_plain_average"] = m["ssim"]
     return out
 
 

@@ -38,7 +38,7 @@ class TrainSettings:
 
     epochs: int = 50
     val_fraction: float = 0.1
-    batch_size: int = 32
+    batch_size: int = 16
     base_lr: float = 1e-4
     max_lr: float = 5e-4
     half_cycle_epochs: int = 6
@@ -62,7 +62,7 @@ class TrainSettings:
         return cls(
             epochs=int(params.get("train_epochs", 50)),
             val_fraction=float(params.get("val_fraction", 0.1)),
-            batch_size=int(params.get("train_batch_size", 32)),
+            batch_size=int(params.get("train_batch_size", 16)),
             base_lr=float(params.get("base_lr", 1e-4)),
             max_lr=float(params.get("max_lr", 5e-4)),
             half_cycle_epochs=int(params.get("half_cycle_epochs", 6)),

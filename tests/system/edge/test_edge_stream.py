@@ -59,6 +59,10 @@ def test_predictions_carry_ids_and_stitched_map_matches_object(
     np.testing.assert_allclose(img[r0:r0 + 96, c0:c0 + 96], obj, atol=1e-5)
     collector.wait_value(prefix + "Edge:Processed_RBV", lambda v: v == 25)
     assert collector.get(prefix + "Edge:Dropped_RBV") == 0
+    # Stitched:Reset starts a new, empty map
+    collector.put(prefix + "Edge:Stitched:Reset", 1)
+    collector.wait_for(prefix + "Edge:Stitched",
+                       lambda fr: fr[-1].attributes.get("Frames") == 0)
     assert edge.alive()
 
 
@@ -100,6 +104,14 @@ def test_bad_frames_are_counted_and_skipped(start_server, edge_env, prefix, sour
     source.publish(good, 10, _pos(10))
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 4)
     assert got[-1].unique_id == 10
+    # Edge:Enable 0 discards frames, 1 resumes
+    collector.put(prefix + "Edge:Enable", 0)
+    source.publish(good, 11, _pos(11))
+    time.sleep(0.5)
+    collector.put(prefix + "Edge:Enable", 1)
+    source.publish(good, 12, _pos(12))
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 5)
+    assert [f.unique_id for f in got][-2:] == [10, 12]
     assert edge.alive()
 
 

@@ -30,28 +30,46 @@ TEST_STAGES = {name: f"ioc_test_stages:{name}"
                for name in ("transfer", "reconstruct", "train", "export")}
 
 
-@pytest.fixture(scope="session")
+_SESSION: dict[str, Any] = {}
+
+
+def _session_env() -> dict[str, str]:
+    """One isolated environment for all IOC test modules of this session.
+
+    pyepics (and so ophyd) reads the EPICS variables once, when libca starts, so
+    every module must see the same ports; they are chosen once and libca is
+    (re)started with them the first time.
+    """
+    if "env" not in _SESSION:
+        env = isolated_env()
+        # Hold the (unused) CA repeater port: libca in the IOC keeps sending repeater
+        # registrations there, and a client's ephemeral UDP socket that happened to get the
+        # same port number would read them as garbage (seen with caproto's sync client).
+        holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        holder.bind(("", int(env["EPICS_CA_REPEATER_PORT"])))
+        _SESSION.update(env=env, holder=holder, libca_ready=False)
+    return dict(_SESSION["env"])
+
+
+@pytest.fixture(scope="module")
 def epics_env() -> Iterator[dict[str, str]]:
-    env = isolated_env()
-    # Hold the (unused) CA repeater port: libca in the IOC keeps sending repeater
-    # registrations there, and a client's ephemeral UDP socket that happened to get the
-    # same port number would read them as garbage (seen with caproto's sync client).
-    holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    holder.bind(("", int(env["EPICS_CA_REPEATER_PORT"])))
+    """The session's isolated environment, also in ``os.environ`` while a module runs."""
+    env = _session_env()
     saved = {k: os.environ.get(k) for k in env if k.startswith("EPICS_")}
     os.environ.update({k: v for k, v in env.items() if k.startswith("EPICS_")})
-    try:
-        # ophyd's libca (epicscorelibs) must be chosen before epics.ca is first imported
-        importlib.import_module("epicscorelibs.path.pyepics")
-        import epics.ca
+    if not _SESSION["libca_ready"]:
+        try:
+            # ophyd's libca (epicscorelibs) must be chosen before epics.ca is first imported
+            importlib.import_module("epicscorelibs.path.pyepics")
+            import epics.ca
 
-        if epics.ca.libca is not None:  # someone started libca with other settings
-            epics.ca.finalize_libca()
-            epics.ca.initialize_libca()
-    except ImportError:
-        pass
+            if epics.ca.libca is not None:  # started earlier with other settings
+                epics.ca.finalize_libca()
+                epics.ca.initialize_libca()
+        except ImportError:
+            pass
+        _SESSION["libca_ready"] = True
     yield env
-    holder.close()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

@@ -1,4 +1,4 @@
-"""``ptychoflow bench ioc`` runs end to end (tiny sizes; the figures themselves are not asserted)."""
+"""``ptychoflow bench ioc`` runs end to end (tiny sizes; figures are not asserted)."""
 
 from __future__ import annotations
 
