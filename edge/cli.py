@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             service.stop()
             log.info("edge stopped: %d frames processed, %d dropped, %d bad",
-                     service.processed, service.queue.dropped + service.missed, service.bad)
+                     service.processed, service.dropped, service.bad)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STATUS_PERIOD_S = 0.5
 _CLOSE = object()
+_FIRST_MODEL = object()  # tells the publisher the first model arrived (nothing to close)
 
 
 @dataclass
@@ -59,12 +60,17 @@ class EdgeService:
 
     def __init__(self, settings: EdgeSettings, conf: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        if not settings.model:
-            raise ValueError("no model given; pass --model model-vN.onnx")
-        model_path = Path(settings.model).expanduser().resolve()
+        if not settings.model and not settings.model_dir:
+            raise ValueError("no model given; pass --model model-vN.onnx, or --model-dir DIR "
+                             "to start without one and load it later with Edge:Model:Load")
+        model_path = Path(settings.model).expanduser().resolve() if settings.model else None
         self.model_dir = (Path(settings.model_dir).expanduser().resolve() if settings.model_dir
-                          else model_path.parent)
-        self.served = prepare(str(model_path), settings, self.model_dir)
+                          else model_path.parent if model_path else Path.cwd())
+        # Without a model the edge still serves its PVs and follows the input, so the first
+        # model of a beamtime can be deployed to it like any later one.
+        self.served: Served | None = (prepare(str(model_path), settings, self.model_dir)
+                                      if model_path else None)
+        self.unserved = 0  # frames that arrived while no model was loaded
         self.positions = PositionSource(settings.positions)
         self.queue: FrameQueue[Incoming] = FrameQueue(settings.queue_size)
         self._fifo: queue.Queue[Any] = queue.Queue(maxsize=2 * max(1, settings.workers) + 1)
@@ -90,15 +96,20 @@ class EdgeService:
         }, conf)
         self.swapper = HotSwapper(settings, self.model_dir, self.message)
         self._new_stitcher()
-        self.server.post_scalar("Edge:Model:Version_RBV", self.served.info.version)
+        self.server.post_scalar("Edge:Model:Version_RBV",
+                                self.served.info.version if self.served else 0)
         self.server.post_scalar("Edge:Input", settings.input)
         self.monitor = InputMonitor(self._on_frame, self.message, conf)
         self._threads = [threading.Thread(target=self._collect, name="edge-collect", daemon=True),
                          threading.Thread(target=self._publish, name="edge-publish", daemon=True)]
         for t in self._threads:
             t.start()
-        self.message(f"serving {self.served.info.path.name} (version "
-                     f"{self.served.info.version}) on {self._engine_name()}")
+        if self.served is not None:
+            self.message(f"serving {self.served.info.path.name} (version "
+                         f"{self.served.info.version}) on {self._engine_name()}")
+        else:
+            self.message(f"no model yet: put a model-vN.onnx under {self.model_dir} "
+                         "to Edge:Model:Load")
         if settings.input:
             self.monitor.follow(settings.input)
 
@@ -124,6 +135,7 @@ class EdgeService:
         self.server.set_message(text)
 
     def _engine_name(self) -> str:
+        assert self.served is not None
         r = self.served.runner
         eng = getattr(r, "engine", None)
         if eng is None:
@@ -179,8 +191,14 @@ class EdgeService:
             if new is not None:
                 old = self.served
                 self.served = new
-                self._fifo.put(old)  # the publisher closes it once its batches are out
+                # the publisher closes the old model once its batches are out
+                self._fifo.put(old if old is not None else _FIRST_MODEL)
             served = self.served
+            if served is None:
+                self._idle_without_model()
+                if self._stop.is_set() and not len(self.queue):
+                    break
+                continue
             max_n = served.info.batch or self.settings.batch_size
             items = self.queue.get_batch(max_n, budget, timeout=0.2)
             if not items:
@@ -220,8 +238,22 @@ class EdgeService:
                 positions = [positions[i] for i in keep]
         self._fifo.put(_CLOSE)
 
+    def _idle_without_model(self) -> None:
+        """No model yet: take frames off the queue and count them, so none is lost silently."""
+        items = self.queue.get_batch(self.settings.batch_size, 0.0, timeout=0.2)
+        if items:
+            self.unserved += len(items)
+            now = time.monotonic()
+            if now - self._last_bad_msg > 1.0:
+                self._last_bad_msg = now
+                self.message(f"no model loaded: {self.unserved} frame(s) not processed (counted "
+                             "in Dropped_RBV); put a model path to Edge:Model:Load")
+
     # ---- publisher ---------------------------------------------------------------------
     def _new_stitcher(self) -> None:
+        if self.served is None:
+            self.stitcher = None
+            return
         pix = self.served.info.pixel_size_m
         self.stitcher = Stitcher(pix, self.settings.stitch_max_size) if pix > 0 else None
         if self.stitcher is None and self.settings.stitch:
@@ -242,9 +274,12 @@ class EdgeService:
                 entry = None
             if entry is _CLOSE:
                 break
-            if isinstance(entry, Served):
-                entry.runner.close()
-                if entry.info.pixel_size_m != self.served.info.pixel_size_m:
+            if isinstance(entry, Served) or entry is _FIRST_MODEL:
+                assert self.served is not None
+                if isinstance(entry, Served):
+                    entry.runner.close()
+                if entry is _FIRST_MODEL or \
+                        entry.info.pixel_size_m != self.served.info.pixel_size_m:
                     self._new_stitcher()
                 self.server.post_scalar("Edge:Model:Version_RBV", self.served.info.version)
                 self.message(f"now serving {self.served.info.path.name} (version "
@@ -338,8 +373,13 @@ class EdgeService:
         s.post_scalar("Edge:FrameRate_RBV", round(rate, 2))
         s.post_scalar("Edge:Latency_RBV", round(1000.0 * float(np.mean(lat)), 3) if lat else 0.0)
         s.post_scalar("Edge:Processed_RBV", self.processed)
-        s.post_scalar("Edge:Dropped_RBV", self.queue.dropped + self.missed)
+        s.post_scalar("Edge:Dropped_RBV", self.dropped)
         s.post_scalar("Edge:BadFrames_RBV", self.bad)
+
+    @property
+    def dropped(self) -> int:
+        """Frames lost to the edge: queue overflow, gaps in uniqueId, no model loaded."""
+        return self.queue.dropped + self.missed + self.unserved
 
     # ---- lifetime ----------------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:
@@ -357,5 +397,6 @@ class EdgeService:
         late = self.swapper.take()
         if late is not None:
             late.runner.close()
-        self.served.runner.close()
+        if self.served is not None:
+            self.served.runner.close()
         self.server.close()

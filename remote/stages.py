@@ -161,10 +161,10 @@ def export(scan_path: str, workdir: str, params: Params,
     quality, x = evaluate_scan(ckpt, scan, params.get("reconstruction"))
     if progress is not None:
         progress(0.5, message="exporting ONNX")
-    step = max(1, len(x) // 16)
     version = params.get("version")
     result = export_checkpoint(
-        ckpt, params.get("model_dir") or Path(workdir) / "models", x[::step][:16],
+        ckpt, params.get("model_dir") or Path(workdir) / "models",
+        _parity_frames(params, workdir, x),
         version=int(version) if version not in (None, "") else None,
         metrics={"quality": quality, "quality_scan": str(path)},
         build_tensorrt=bool(params.get("tensorrt", True)))
@@ -172,6 +172,21 @@ def export(scan_path: str, workdir: str, params: Params,
         progress(1.0, message=f"model v{result['version']} exported")
     result["quality"] = quality
     return result
+
+
+def _parity_frames(params: Params, workdir: str, x: Any) -> Any:
+    """Held-out validation inputs of the training set (else frames of this scan)."""
+    from ptychoflow.remote.dataset import TrainSet, TrainSetError
+
+    try:
+        ts = TrainSet.open(params.get("train_dir") or Path(workdir) / "trainset")
+        if ts is not None:
+            xv = ts.load(float(params.get("val_fraction", 0.1)))[2]
+            if len(xv) and xv.shape[1:] == x.shape[1:]:
+                return xv[:16]
+    except TrainSetError:
+        pass
+    return x[:: max(1, len(x) // 16)][:16]
 
 
 def evaluate_scan(ckpt: Any, scan: Scan, reconstruction: str | None = None) -> \

@@ -92,3 +92,36 @@ def test_two_workers_share_frames_without_loss_or_duplication(
     collector.wait_for(prefix + "Edge:Stitched",
                        lambda fr: bool(fr) and fr[-1].attributes.get("Frames") == 120)
     assert edge.alive()
+
+
+def test_starts_without_a_model_and_serves_the_first_one_loaded(
+        start_server, edge_env, prefix, source: FrameSource, collector: Collector,
+        model_dir: Path) -> None:
+    args = edge_args(prefix, source.pv, model_dir / "model-v1.onnx")
+    i = args.index("--model")
+    args = args[:i] + args[i + 2:] + ["--model-dir", str(model_dir)]
+    edge = start_server(args, edge_env, name="edge")
+    wait_for_pva(edge_env, prefix + "Edge:Processed_RBV", server=edge)
+    collector.watch(prefix + "Edge:Phase")
+    time.sleep(1.0)
+    assert collector.get(prefix + "Edge:Model:Version_RBV") == 0
+    for uid in range(1, 11):  # frames before any model: counted, not lost silently
+        source.publish(np.full((32, 32), 1.0, np.float32), uid,
+                       {"PositionX": 0.0, "PositionY": 0.0})
+        time.sleep(0.01)
+    deadline = time.monotonic() + 20
+    while collector.get(prefix + "Edge:Dropped_RBV") != 10:
+        assert time.monotonic() < deadline, collector.get(prefix + "Edge:Message_RBV")
+        time.sleep(0.2)
+    assert "no model loaded" in collector.get(prefix + "Edge:Message_RBV")
+    collector.put(prefix + "Edge:Model:Load", "model-v2.onnx")
+    while collector.get(prefix + "Edge:Model:Version_RBV") != 2:
+        assert time.monotonic() < deadline, collector.get(prefix + "Edge:Message_RBV")
+        time.sleep(0.2)
+    for uid in range(11, 31):
+        source.publish(np.full((32, 32), 1.0, np.float32), uid,
+                       {"PositionX": 0.0, "PositionY": 0.0})
+        time.sleep(0.01)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 20)
+    assert [f.unique_id for f in got] == list(range(11, 31))
+    assert {float(f.array.mean()) for f in got} == {2.0}
