@@ -86,11 +86,20 @@ class Processes:
 
 
 def _value(v: Any) -> Any:
-    """A plain Python value from what p4p returns (long strings may come as char arrays)."""
+    """A plain Python value from what p4p returns: numbers, strings, enum indices.
+
+    QSRV serves long strings as char arrays and enums as {index, choices}; both
+    are turned into what a user would print.
+    """
     raw = v.raw.value if hasattr(v, "raw") else v
-    if hasattr(raw, "dtype") and raw.dtype.kind in "iu" and raw.ndim == 1:
+    if isinstance(raw, str | int | float):
+        return raw
+    if hasattr(raw, "dtype") and raw.ndim == 1 and raw.dtype.kind in "iu":
         return bytes(raw.astype("uint8")).split(b"\0", 1)[0].decode(errors="replace")
-    return v.real if hasattr(v, "real") and not isinstance(v, str) else v
+    try:
+        return int(raw["index"])
+    except (KeyError, TypeError, ValueError):
+        return raw
 
 
 class Demo:
@@ -163,16 +172,22 @@ class Demo:
             "--delay", "2"])
         self.say(f"scan {k}: detector streaming {self.s.frames} frames of "
                  f"{self.s.size}x{self.s.size} at {self.s.rate:g} Hz")
-        sim.wait()
+        rates, latencies = [], []
+        while sim.poll() is None:  # what an operator's screen shows while the scan runs
+            rate = float(self.get("Edge:FrameRate_RBV"))
+            if rate > 0:
+                rates.append(rate)
+                latencies.append(float(self.get("Edge:Latency_RBV")))
+            time.sleep(0.5)
         if sim.returncode != 0:
             raise RuntimeError(f"the simulator failed; see {self.logs / 'sim.log'}")
-        time.sleep(1.0)
+        time.sleep(1.5)
         done = self.get("Edge:Processed_RBV") - before
-        self.say(f"scan {k}: saved; edge processed {done} frames, dropped "
-                 f"{self.get('Edge:Dropped_RBV')}, bad {self.get('Edge:BadFrames_RBV')}, "
-                 f"{self.get('Edge:FrameRate_RBV'):.0f} frames/s, latency "
-                 f"{self.get('Edge:Latency_RBV'):.1f} ms, "
-                 f"model v{self.get('Edge:Model:Version_RBV')}")
+        speed = (f", {max(rates):.0f} frames/s, latency {max(latencies):.1f} ms at most"
+                 if rates else "")
+        self.say(f"scan {k}: saved; edge processed {done} frames with model "
+                 f"v{self.get('Edge:Model:Version_RBV')}, dropped "
+                 f"{self.get('Edge:Dropped_RBV')}, bad {self.get('Edge:BadFrames_RBV')}{speed}")
         return max(self.scans_dir.glob("*.h5"), key=lambda p: p.stat().st_mtime)
 
     def follow_run(self, previous_run: int) -> dict[str, Any]:
