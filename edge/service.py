@@ -278,7 +278,7 @@ class EdgeService:
                 assert self.served is not None
                 if isinstance(entry, Served):
                     entry.runner.close()
-                if entry is _FIRST_MODEL or \
+                if not isinstance(entry, Served) or \
                         entry.info.pixel_size_m != self.served.info.pixel_size_m:
                     self._new_stitcher()
                 self.server.post_scalar("Edge:Model:Version_RBV", self.served.info.version)

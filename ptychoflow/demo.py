@@ -52,24 +52,44 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
+def demo_network() -> dict[str, dict[str, str]]:
+    """One loopback EPICS network for the demo: a PVA port per server, all of them name servers.
+
+    Several PVA servers on one host cannot share a UDP search port reliably (a
+    unicast search reaches only one socket), so every server gets its own TCP
+    port and every client searches all of them directly (EPICS_PVA_NAME_SERVERS).
+    """
+    from ptychoflow.epicsenv import free_port, isolated_env
+
+    base = isolated_env()
+    ports = {name: free_port() for name in ("sim", "ioc", "edge")}
+    base["EPICS_PVA_NAME_SERVERS"] = " ".join(f"127.0.0.1:{p}" for p in ports.values())
+    envs = {"client": base}
+    for name, port in ports.items():
+        envs[name] = dict(base, EPICS_PVA_SERVER_PORT=str(port))
+    envs["client"] = dict(base, EPICS_PVA_SERVER_PORT=str(ports["ioc"]))
+    return envs
+
+
 class Processes:
     """The demo's server processes: started with a log file each, stopped by pid."""
 
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
+    def __init__(self, envs: dict[str, dict[str, str]], logs: Path) -> None:
+        self.envs = envs
         self.logs = logs
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
-        p = subprocess.Popen([sys.executable, "-m", "ptychoflow.cli", *args], env=self.env,
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        p = subprocess.Popen([sys.executable, "-m", "ptychoflow.cli", *args],
+                             env=self.envs[name], stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL)
         self.procs[name] = p
         return p
 
     def check(self) -> None:
         for name, p in self.procs.items():
-            if name != "sim" and p.poll() is not None:
+            if p.poll() is not None:
                 raise RuntimeError(f"{name} exited with {p.returncode}; see "
                                    f"{self.logs / (name + '.log')}")
 
@@ -106,10 +126,6 @@ class Demo:
     """One demo session: processes, PV access and the narrative printed to the user."""
 
     def __init__(self, s: DemoSettings) -> None:
-        from p4p.client.thread import Context
-
-        from ptychoflow.epicsenv import isolated_env, pva_conf
-
         self.s = s
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.root = Path(s.out).resolve() / stamp
@@ -118,10 +134,11 @@ class Demo:
         self.logs = self.root / "logs"
         for d in (self.scans_dir, self.work, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        self.env = isolated_env()
+        self.envs = demo_network()
+        self.env = self.envs["client"]
         self.p = DEFAULT_PREFIX
-        self.procs = Processes(self.env, self.logs)
-        self.ctx = Context("pva", conf=pva_conf(self.env), useenv=False)
+        self.procs = Processes(self.envs, self.logs)
+        self.ctx: Any = None  # made once every server answers (see start_services)
         self.t0 = time.monotonic()
 
     def say(self, text: str) -> None:
@@ -134,29 +151,54 @@ class Demo:
         self.ctx.put(self.p + suffix, value, timeout=10.0)
 
     def wait_pv(self, suffix: str, timeout: float = 60.0) -> None:
+        """Wait for a server, with a fresh client each try: p4p retries a name server that
+        refused it only after many seconds.
+        """
+        from p4p.client.thread import Context
+
+        from ptychoflow.epicsenv import pva_conf
+
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self.procs.check()
-            try:
-                self.get(suffix, timeout=1.0)
-                return
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.2)
+            with Context("pva", conf=pva_conf(self.env), useenv=False) as ctx:
+                try:
+                    ctx.get(self.p + suffix, timeout=1.0)
+                    return
+                except Exception:  # noqa: BLE001 - not up yet
+                    time.sleep(0.3)
         raise RuntimeError(f"{self.p}{suffix} did not answer within {timeout} s")
 
     def start_services(self) -> None:
+        from p4p.client.thread import Context
+
+        from ptychoflow.epicsenv import pva_conf
+
+        self.procs.start("sim", [
+            "sim", "--prefix", self.p, "--frames", str(self.s.frames), "--size", str(self.s.size),
+            "--rate", str(self.s.rate), "--out", str(self.scans_dir), "--wait", "--serve"])
+        self.wait_pv("cam1:Acquire", timeout=120)
+        self.say(f"detector simulator up: {self.p}Pva1:Image, {self.s.frames} frames of "
+                 f"{self.s.size}x{self.s.size} at {self.s.rate:g} Hz per scan")
         cfg = self.root / "ptychoflow.toml"
         cfg.write_text(
             f'[ioc]\nprefix = "{self.p}"\ndata_root = "{self.scans_dir}"\n'
             f'work_root = "{self.work}"\nedge_prefix = "{self.p}"\n')
         self.procs.start("ioc", ["--config", str(cfg), "ioc"])
-        self.wait_pv("Workflow:State_RBV")
+        self.wait_pv("Workflow:State_RBV", timeout=120)
         self.say(f"IOC up: {self.p}Workflow:* over CA and PVA")
         models = self.work / "models"
         models.mkdir(parents=True, exist_ok=True)
         self.procs.start("edge", ["edge", "--prefix", self.p, "--input", self.p + "Pva1:Image",
                                   "--model-dir", str(models)])
-        self.wait_pv("Edge:Processed_RBV")
+        self.wait_pv("Edge:Processed_RBV", timeout=120)
+        self.ctx = Context("pva", conf=pva_conf(self.env), useenv=False)
+        end = time.monotonic() + 60
+        while not str(self.get("Edge:Message_RBV")).startswith("connected"):
+            if time.monotonic() > end:
+                raise RuntimeError("the edge did not connect to the detector: "
+                                   f"{self.get('Edge:Message_RBV')}")
+            time.sleep(0.2)
         self.say(f"edge up: following {self.p}Pva1:Image, publishing {self.p}Edge:Phase and "
                  f"{self.p}Edge:Stitched")
         self.put("Recon:Epochs", self.s.recon_epochs)
@@ -164,31 +206,33 @@ class Demo:
         self.put("Workflow:Auto", 1)
         self.say(f"Workflow:Auto = On: every complete scan file in {self.scans_dir} starts a run")
 
-    def acquire(self, k: int) -> Path:
+    def acquire(self, k: int) -> None:
         before = self.get("Edge:Processed_RBV")
-        sim = self.procs.start("sim", [
-            "sim", "--prefix", self.p, "--frames", str(self.s.frames), "--size", str(self.s.size),
-            "--rate", str(self.s.rate), "--seed", str(k), "--out", str(self.scans_dir),
-            "--delay", "2"])
-        self.say(f"scan {k}: detector streaming {self.s.frames} frames of "
-                 f"{self.s.size}x{self.s.size} at {self.s.rate:g} Hz")
+        dropped_before = self.get("Edge:Dropped_RBV")
+        version = self.get("Edge:Model:Version_RBV")
+        self.put("cam1:Acquire", 1)
+        self.say(f"scan {k}: cam1:Acquire = 1, the detector streams a new region of the sample")
         rates, latencies = [], []
-        while sim.poll() is None:  # what an operator's screen shows while the scan runs
+        time.sleep(0.5)
+        while self.get("cam1:Acquire"):  # what an operator's screen shows while the scan runs
             rate = float(self.get("Edge:FrameRate_RBV"))
             if rate > 0:
                 rates.append(rate)
                 latencies.append(float(self.get("Edge:Latency_RBV")))
+            self.procs.check()
             time.sleep(0.5)
-        if sim.returncode != 0:
-            raise RuntimeError(f"the simulator failed; see {self.logs / 'sim.log'}")
-        time.sleep(1.5)
+        time.sleep(1.5)  # the edge's status PVs update once a second
         done = self.get("Edge:Processed_RBV") - before
-        speed = (f", {max(rates):.0f} frames/s, latency {max(latencies):.1f} ms at most"
+        dropped = self.get("Edge:Dropped_RBV") - dropped_before
+        name = Path(str(self.get("HDF1:FullFileName_RBV"))).name
+        if version == 0:
+            self.say(f"scan {k}: saved as {name}; the edge has no model yet, so its {dropped} "
+                     "frames are counted in Edge:Dropped_RBV")
+            return
+        speed = (f", {max(rates):.0f} frames/s, mean latency {max(latencies):.1f} ms at most"
                  if rates else "")
-        self.say(f"scan {k}: saved; edge processed {done} frames with model "
-                 f"v{self.get('Edge:Model:Version_RBV')}, dropped "
-                 f"{self.get('Edge:Dropped_RBV')}, bad {self.get('Edge:BadFrames_RBV')}{speed}")
-        return max(self.scans_dir.glob("*.h5"), key=lambda p: p.stat().st_mtime)
+        self.say(f"scan {k}: saved as {name}; edge processed {done} frames with model "
+                 f"v{version}, dropped {dropped}, bad {self.get('Edge:BadFrames_RBV')}{speed}")
 
     def follow_run(self, previous_run: int) -> dict[str, Any]:
         """Print the run's states and progress until it ends; return its summary."""
@@ -261,7 +305,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 only if every run ended Done and the edge served the models."""
     s = resolve(DemoSettings, "demo", args)
     demo = Demo(s)
-    exports = " ".join(f"{k}={v}" for k, v in sorted(demo.env.items()) if k.startswith("EPICS_"))
+    exports = " ".join(f"{k}={v}" for k, v in sorted(demo.env.items())
+                       if k.startswith("EPICS_") and k != "EPICS_PVA_SERVER_PORT")
     print(f"ptychoflow demo: everything under {demo.root}\n"
           f"  EPICS on loopback only; to watch with your own clients:\n  export {exports}",
           flush=True)
@@ -282,7 +327,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ptychoflow demo: stopped: {exc}", file=sys.stderr)
         return 1
     finally:
-        demo.ctx.close()
+        if demo.ctx is not None:
+            demo.ctx.close()
         demo.procs.stop_all()
     print(json.dumps({"runs": runs, "folder": str(demo.root)}, indent=2))
     os.sync()

@@ -8,9 +8,13 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ptychoflow.config import add_arguments, resolve, setting
 from ptychoflow.pvnames import DEFAULT_PREFIX
+
+if TYPE_CHECKING:
+    from ptychoflow.scanfile import Scan
 
 HELP = "detector simulator: stream a ptychography scan as NTNDArray frames and save it"
 
@@ -41,8 +45,9 @@ class SimSettings:
     replay: str = setting("", "stream this scan file (ours or the Siemens-star .npz.bz2) "
                               "instead of simulating")
     wait: bool = setting(False, "do not start at once: wait for a put to cam1:Acquire")
-    serve: bool = setting(False, "keep serving after the scan (further cam1:Acquire puts "
-                                 "repeat it); default: exit when the scan is done")
+    serve: bool = setting(False, "keep serving after the scan: each further cam1:Acquire "
+                                 "scans a new region of the sample (seed + n), or replays "
+                                 "the file again; default: exit when the scan is done")
     delay: float = setting(1.0, "seconds to wait before starting, so clients can connect")
 
     def __post_init__(self) -> None:
@@ -60,8 +65,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run)
 
 
-def load_scan(s: SimSettings):  # noqa: ANN201 - returns ptychoflow.scanfile.Scan
-    """The scan to stream: a replayed file, or a fresh simulation."""
+def load_scan(s: SimSettings, acquisition: int = 1) -> Scan:
+    """The scan to stream: a replayed file, or a simulation (a new region per acquisition)."""
     if s.replay:
         from ptychoflow.scanfile import read_scan
 
@@ -71,8 +76,8 @@ def load_scan(s: SimSettings):  # noqa: ANN201 - returns ptychoflow.scanfile.Sca
     return simulate_scan(n_frames=s.frames, size=s.size, step_m=s.step, photons=s.photons,
                          dtype=s.dtype, probe=s.probe,
                          probe_diameter_px=s.probe_diameter or None, obj=s.sample or None,
-                         seed=s.seed, energy_ev=s.energy, distance_m=s.distance,
-                         pixel_size_m=s.pixel_size)
+                         seed=s.seed + acquisition - 1, energy_ev=s.energy,
+                         distance_m=s.distance, pixel_size_m=s.pixel_size)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     sim = DetectorSimulator(s.prefix, scan, rate=s.rate,
-                            out_dir=Path(s.out).resolve() if s.out else None, name=s.name)
+                            out_dir=Path(s.out).resolve() if s.out else None, name=s.name,
+                            next_scan=None if s.replay else lambda n: load_scan(s, n))
     serve(sim, acquire=not s.wait, keep_serving=s.serve or s.wait, stop=stop, delay=s.delay)
     if sim.last_file is not None:
         print(f"scan file: {sim.last_file}", flush=True)

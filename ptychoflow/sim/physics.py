@@ -21,7 +21,7 @@ from ptychoflow.scanfile import PLANCK_EV_M, Scan, read_scan
 
 GOLDEN_ANGLE = np.pi * (3.0 - np.sqrt(5.0))
 FRAME_SIZES = (64, 128, 256, 512)
-DTYPES = {"uint16": np.uint16, "int32": np.int32}
+DTYPES: dict[str, type[np.integer]] = {"uint16": np.uint16, "int32": np.int32}
 
 
 def object_pixel_size(size: int, energy_ev: float, distance_m: float,

@@ -48,13 +48,17 @@ class DetectorSimulator:
 
     ``cam1:Acquire`` = 1 starts an acquisition of the whole scan; it returns to
     0 when the scan ends or when a client puts 0 (the frames sent so far are
-    saved as a complete, shorter scan file: nothing streamed is lost).
+    saved as a complete, shorter scan file: nothing streamed is lost). With
+    ``next_scan``, acquisition ``n`` > 1 streams ``next_scan(n)`` instead of
+    repeating the first scan.
     """
 
     def __init__(self, prefix: str, scan: Scan, rate: float = 0.0,
-                 out_dir: Path | None = None, name: str = "scan") -> None:
+                 out_dir: Path | None = None, name: str = "scan",
+                 next_scan: Callable[[int], Scan] | None = None) -> None:
         self.prefix = prefix
         self.scan = scan
+        self.next_scan = next_scan
         self.out_dir = out_dir
         self.name = name
         self.acquisitions = 0
@@ -154,6 +158,8 @@ class DetectorSimulator:
                 self._idle.set()
 
     def _acquire(self) -> None:
+        if self.acquisitions and self.next_scan is not None:
+            self.scan = self.next_scan(self.acquisitions + 1)
         scan = self.scan
         saver = (_BlockSaver(self._open_writer()).bind(scan) if self.out_dir is not None
                  else None)
