@@ -267,7 +267,8 @@ class Demo:
                    "model_version": self.get("Model:Version_RBV"),
                    "best_val_loss": round(float(self.get("Train:BestValLoss_RBV")), 5),
                    "quality_ssim": round(float(self.get("Model:Quality_RBV")), 3)}
-        self.say(f"run {run_id}: {state}: {summary['message']}")
+        self.say(f"run {run_id}: {summary['message']} (SSIM of the network against rPIE "
+                 f"{summary['quality_ssim']}, best validation loss {summary['best_val_loss']})")
         if state != "Done":
             raise RuntimeError(f"run {run_id} ended {state}: {summary['message']}")
         return summary
@@ -297,7 +298,9 @@ class Demo:
         lo, hi = np.nanpercentile(img, [1, 99])
         scaled = np.clip((np.nan_to_num(img, nan=lo) - lo) / max(hi - lo, 1e-9), 0, 1)
         path = self.root / "stitched-phase.png"
-        Image.fromarray((scaled * 255).astype(np.uint8)).save(path)
+        zoom = max(1, 512 // max(scaled.shape))  # a map of a few hundred pixels, enlarged
+        big = np.kron(scaled, np.ones((zoom, zoom)))
+        Image.fromarray((big * 255).astype(np.uint8)).save(path)
         return path
 
 
