@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ptychoflow.remote import stages
-
 from ptychoflow.scanfile import write_scan
 from ptychoflow.sim.physics import simulate_scan
 
@@ -80,7 +79,6 @@ def _rpie_vs_truth(p: dict[str, Any]) -> dict[str, float]:
     from ptychoflow.remote.pairs import ObjectGrid
     from ptychoflow.remote.quality import object_quality
     from ptychoflow.remote.recon import read_reconstruction
-
     from ptychoflow.scanfile import read_scan
 
     scan = read_scan(p["path"])

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ptychoflow.remote.recon import ReconSettings, reconstruct_scan
 
+from ptychoflow.remote.recon import ReconSettings, reconstruct_scan
 from ptychoflow.sim.physics import simulate_scan
 
 
@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = ap.parse_args(argv)
     import onnxruntime as ort
     import torch
-    from ptychoflow.remote.export import INPUT_NAME, to_onnx
-    from ptychoflow.remote.ptychonn import PtychoNN, PtychoNNConfig
 
     from ptychoflow.preprocess import Preprocess
+    from ptychoflow.remote.export import INPUT_NAME, to_onnx
+    from ptychoflow.remote.ptychonn import PtychoNN, PtychoNNConfig
 
     scan = simulate_scan(n_frames=a.frames, size=a.size)
     t0 = time.perf_counter()

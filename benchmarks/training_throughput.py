@@ -21,6 +21,7 @@ from typing import Any
 def raw_throughput(size: int, batch: int, steps: int, device: str) -> float:
     """Samples per second of forward+backward+Adam on random data."""
     import torch
+
     from ptychoflow.remote.ptychonn import PtychoNN, PtychoNNConfig
     from ptychoflow.remote.train import pick_device
 
@@ -62,7 +63,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
     from ptychoflow.remote import stages
-
     from ptychoflow.scanfile import write_scan
     from ptychoflow.sim.physics import simulate_scan
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ptychoflow.edge.engines import make_engine
 from ptychoflow.edge.onnxmodels import ptychonn_graph, quantize_int8, write_card
-
 from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
 from ptychoflow.preprocess import Preprocess
 
@@ -71,6 +71,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _torch_model(size: int) -> Any:
     try:
         import torch  # noqa: F401
+
         from ptychoflow.remote.ptychonn import PtychoNN, variant
     except ImportError:
         return None

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ptychoflow.edge.batcher import FrameQueue
 from ptychoflow.edge.client import Incoming, InputMonitor
 from ptychoflow.edge.positions import PositionSource
@@ -36,7 +37,6 @@ from ptychoflow.edge.server import EdgeServer
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.stitch import Stitcher, StitchError
 from ptychoflow.edge.swap import HotSwapper, Served, prepare
-
 from ptychoflow.ntnda import Frame
 
 log = logging.getLogger(__name__)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ptychoflow.edge.engines import Engine, EngineError, make_engine
 from ptychoflow.edge.model import ModelError, ModelInfo, describe_model, resolve_model_path
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.workers import ProcessRunner, Runner, ThreadRunner
-
 from ptychoflow.modelcard import ModelCardError
 
 log = logging.getLogger(__name__)

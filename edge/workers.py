@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ptychoflow.edge.engines import Engine, make_engine
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ptychoflow.ioc.validate import check_value
-
 from ptychoflow.pvnames import CONTROL, PVSpec
 
 log = logging.getLogger(__name__)

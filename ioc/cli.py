@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from ptychoflow.ioc.settings import IocSettings
-
 from ptychoflow.config import ConfigError, add_arguments, resolve
+from ptychoflow.ioc.settings import IocSettings
 
 HELP = "serve the workflow control PVs (CA + PVA), run the state machine and registry"
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ophyd import Component, Device, EpicsSignal, EpicsSignalRO, Kind
-from ptychoflow.ioc.naming import attr_name
 
+from ptychoflow.ioc.naming import attr_name
 from ptychoflow.pvnames import CONTROL, PVSpec
 
 

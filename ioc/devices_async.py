@@ -12,8 +12,8 @@ from typing import Any
 
 from ophyd_async.core import Device, SignalR, SignalRW, StrictEnum
 from ophyd_async.epics.core import epics_signal_r, epics_signal_rw
-from ptychoflow.ioc.naming import attr_name
 
+from ptychoflow.ioc.naming import attr_name
 from ptychoflow.pvnames import CONTROL, PVSpec
 
 

@@ -22,7 +22,6 @@ from ptychoflow.ioc.backends import NOT_CONFIGURED, BackendNotConfigured, Comput
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.statemachine import ABORTED, DONE, FAILED, IDLE, PIPELINE, StateMachine
-
 from ptychoflow.modelcard import sha256_file, version_of
 from ptychoflow.stages import Cancelled, Reporter, StageFn
 

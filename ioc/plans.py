@@ -16,8 +16,8 @@ from typing import Any
 
 import bluesky.plan_stubs as bps
 from bluesky.utils import Msg
-from ptychoflow.ioc.naming import attr_name, spec_for
 
+from ptychoflow.ioc.naming import attr_name, spec_for
 from ptychoflow.pvnames import PVSpec
 
 Plan = Generator[Msg, Any, Any]

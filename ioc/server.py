@@ -24,7 +24,6 @@ from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.statemachine import FAILED
 from ptychoflow.ioc.validate import check_scan_path, check_value, resolve_scan_path
 from ptychoflow.ioc.watcher import ScanWatcher
-
 from ptychoflow.pvnames import (
     ALGORITHMS,
     COMPUTE_BACKENDS,

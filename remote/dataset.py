@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ptychoflow.remote._files import atomic_path, write_json
 
 from ptychoflow.preprocess import Preprocess
+from ptychoflow.remote._files import atomic_path, write_json
 
 TRAINSET_FORMAT = "ptychoflow-trainset/1"
 

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ptychoflow.remote._files import atomic_path
-from ptychoflow.remote.ptychonn import Checkpoint, PtychoNN
 
 from ptychoflow.modelcard import ModelCard, TensorSpec, card_path, model_file, sha256_file
+from ptychoflow.remote._files import atomic_path
+from ptychoflow.remote.ptychonn import Checkpoint, PtychoNN
 
 INPUT_NAME = "diffraction"
 PARITY_TOL = 1e-4

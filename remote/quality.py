@@ -19,10 +19,10 @@ import os
 from typing import Any
 
 import numpy as np
-from ptychoflow.edge.stitch import Stitcher
-from ptychoflow.remote.pairs import ObjectGrid
 from scipy import ndimage
 
+from ptychoflow.edge.stitch import Stitcher
+from ptychoflow.remote.pairs import ObjectGrid
 from ptychoflow.scanfile import Scan
 
 

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import h5py
 import numpy as np
-from ptychoflow.remote._files import atomic_path
 
+from ptychoflow.remote._files import atomic_path
 from ptychoflow.scanfile import Scan
 
 RECON_FORMAT = "ptychoflow-reconstruction/1"

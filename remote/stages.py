@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ptychoflow.remote._files import atomic_path
-
 from ptychoflow.scanfile import Scan, ScanFileError, read_scan
 from ptychoflow.stages import Reporter
 
@@ -98,12 +97,11 @@ def reconstruct(scan_path: str, workdir: str, params: Params,
 def train(scan_path: str, workdir: str, params: Params,
           progress: Reporter | None = None) -> dict[str, Any]:
     """Add this scan's pairs to the training set in ``train_dir`` and train one round."""
+    from ptychoflow.preprocess import Preprocess
     from ptychoflow.remote.dataset import TrainSet
     from ptychoflow.remote.pairs import ObjectGrid, input_scale, make_pairs, output_pixel_size
     from ptychoflow.remote.recon import read_reconstruction
     from ptychoflow.remote.train import TrainSettings, train_round
-
-    from ptychoflow.preprocess import Preprocess
 
     if not params.get("reconstruction"):
         raise StageError("train needs params['reconstruction'] (the reconstruct stage's "
@@ -192,10 +190,9 @@ def _parity_frames(params: Params, workdir: str, x: Any) -> Any:
 def evaluate_scan(ckpt: Any, scan: Scan, reconstruction: str | None = None) -> \
         tuple[dict[str, Any], Any]:
     """Quality of a checkpoint's stitched phase on ``scan`` vs the reconstruction and truth."""
+    from ptychoflow.preprocess import Preprocess
     from ptychoflow.remote.quality import scan_quality
     from ptychoflow.remote.train import predict
-
-    from ptychoflow.preprocess import Preprocess
 
     pre = Preprocess.from_dict(ckpt.meta["preprocess"])
     x = pre(scan.data)

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from ptychoflow.remote._files import atomic_path
 from ptychoflow.remote.dataset import TrainSet
 from ptychoflow.remote.ptychonn import Checkpoint, PtychoNN, PtychoNNConfig
 from ptychoflow.remote.recon import Progress
-from torch import nn
 
 
 class TrainingError(RuntimeError):

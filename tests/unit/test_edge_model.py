@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from ptychoflow.edge.engines import OrtEngine
 from ptychoflow.edge.model import ModelError, resolve_model_path
 from ptychoflow.edge.onnxmodels import affine_model, write_card
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.swap import prepare
-
 from ptychoflow.preprocess import Preprocess
 
 
@@ -98,6 +98,7 @@ def test_fixed_batch_models_get_padded_and_split(tmp_path: Path) -> None:
 
 def test_multi_channel_models_are_refused(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
+
     from ptychoflow.edge.onnxmodels import _save
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 8, 8])

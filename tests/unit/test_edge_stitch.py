@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from ptychoflow.edge.stitch import Stitcher, StitchError
 
 PIX = 10e-9

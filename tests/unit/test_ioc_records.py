@@ -7,7 +7,6 @@ from pathlib import Path
 from ptychoflow.ioc.access import EXAMPLE_HOSTS, EXAMPLE_WRITERS, acf_text
 from ptychoflow.ioc.naming import ATTRS, attr_name, spec_for
 from ptychoflow.ioc.records import autosave_request, database_text, record_fields
-
 from ptychoflow.pvnames import CONTROL, by_suffix
 
 DB = Path(__file__).resolve().parents[2] / "db"

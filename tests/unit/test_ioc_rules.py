@@ -6,12 +6,12 @@ import math
 import os
 
 import pytest
+
+from ptychoflow.config import ConfigError
 from ptychoflow.ioc.access import acf_text
 from ptychoflow.ioc.settings import DEFAULT_STAGES, IocSettings
 from ptychoflow.ioc.statemachine import StateMachine, TransitionError, allowed
 from ptychoflow.ioc.validate import check_scan_path, check_value
-
-from ptychoflow.config import ConfigError
 from ptychoflow.pvnames import CONTROL, by_suffix
 
 S = by_suffix(CONTROL)

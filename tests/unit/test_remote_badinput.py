@@ -19,7 +19,6 @@ from ptychoflow.remote import stages  # noqa: E402
 from ptychoflow.remote.pairs import PairsError  # noqa: E402
 from ptychoflow.remote.recon import ReconstructionError  # noqa: E402
 from ptychoflow.remote.train import TrainingError  # noqa: E402
-
 from ptychoflow.scanfile import ScanFileError, write_scan  # noqa: E402
 from ptychoflow.sim.physics import simulate_scan  # noqa: E402
 from ptychoflow.stages import Cancelled, Reporter  # noqa: E402
@@ -159,9 +158,8 @@ def test_abort_mid_reconstruction_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_pairs_need_finite_data(trained: dict[str, Any]) -> None:
-    from ptychoflow.remote.pairs import ObjectGrid, make_pairs
-
     from ptychoflow.preprocess import Preprocess
+    from ptychoflow.remote.pairs import ObjectGrid, make_pairs
     from ptychoflow.scanfile import read_scan
 
     scan = read_scan(trained["scan"])

@@ -18,13 +18,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("ptychi")
 
+from ptychoflow.modelcard import ModelCard  # noqa: E402
 from ptychoflow.remote import stages  # noqa: E402
 from ptychoflow.remote.pairs import ObjectGrid  # noqa: E402
 from ptychoflow.remote.ptychonn import PtychoNN, PtychoNNConfig, count_parameters  # noqa: E402
 from ptychoflow.remote.quality import object_quality  # noqa: E402
 from ptychoflow.remote.recon import read_reconstruction  # noqa: E402
-
-from ptychoflow.modelcard import ModelCard  # noqa: E402
 from ptychoflow.scanfile import read_scan, write_scan  # noqa: E402
 from ptychoflow.sim.physics import simulate_scan  # noqa: E402
 
@@ -185,6 +184,7 @@ def test_export_is_faithful_and_carded(work: dict[str, Any], trained: dict[str, 
 def test_edge_accepts_the_exported_model(work: dict[str, Any], trained: dict[str, Any]) -> \
         None:
     import onnxruntime as ort
+
     from ptychoflow.edge.model import describe_model
 
     model = work["dir"] / "models" / "model-v1.onnx"

@@ -60,6 +60,7 @@ def test_ophyd_device_and_plan_over_ca(iocs, RE):
 
 def test_plan_runs_to_done_with_both_devices(iocs, RE):
     from ophyd_async.core import init_devices
+
     from ptychoflow.ioc.devices import workflow_device
     from ptychoflow.ioc.devices_async import WorkflowAsync
     from ptychoflow.ioc.plans import WorkflowError, process_scan

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ioc_helpers import make_scan
-from ptychoflow.ioc.validate import check_scan_path, check_value
 
+from ptychoflow.ioc.validate import check_scan_path, check_value
 from ptychoflow.pvnames import CONTROL
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
