@@ -16,7 +16,6 @@ import numpy as np
 from p4p import Value
 from p4p.nt import NTNDArray
 
-_NT = NTNDArray()
 _TYPE = NTNDArray.buildType()
 _CODES: dict[str, str] = dict(NTNDArray._code2u)  # numpy dtype char -> union member
 

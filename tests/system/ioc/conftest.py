@@ -46,7 +46,7 @@ def _session_env() -> dict[str, str]:
         # registrations there, and a client's ephemeral UDP socket that happened to get the
         # same port number would read them as garbage (seen with caproto's sync client).
         holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        holder.bind(("", int(env["EPICS_CA_REPEATER_PORT"])))
+        holder.bind(("127.0.0.1", int(env["EPICS_CA_REPEATER_PORT"])))
         _SESSION.update(env=env, holder=holder, libca_ready=False)
     return dict(_SESSION["env"])
 
