@@ -11,6 +11,7 @@ issue; until then choosing them fails the run at start and says so.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import concurrent.futures.process  # noqa: F401 - import (and register its atexit hook) early
 import logging
 import multiprocessing as mp
 import os
@@ -100,6 +101,8 @@ class LocalCompute:
 
     def _ensure(self) -> None:
         with self._lock:
+            if self._closing.is_set():
+                raise RuntimeError("the IOC is stopping; no new stage worker is started")
             if self._manager is None:
                 self._manager = SyncManager(ctx=self._ctx)
                 self._manager.start(_exit_with_parent, (os.getpid(),))
@@ -132,9 +135,15 @@ class LocalCompute:
 
     def warm(self) -> None:
         """Start the manager and the worker now, so the first run starts quickly."""
-        self._ensure()
-        assert self._pool is not None
-        self._pool.submit(os.getpid).result()
+        try:
+            self._ensure()
+            pool = self._pool
+            assert pool is not None
+            pool.submit(os.getpid).result()
+        except (RuntimeError, cf.BrokenExecutor, cf.CancelledError) as exc:
+            if not self._closing.is_set():  # stopping while warming up is not an error
+                raise
+            log.debug("warm-up cut short by shutdown: %s", exc)
 
     def reporter(self, stage: str) -> Reporter:
         """A Reporter on the manager's queue with a new cancel event."""
@@ -169,16 +178,21 @@ class LocalCompute:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def shutdown(self) -> None:
-        """Stop the worker, the progress pump and the manager."""
+        """Stop the worker, the progress pump and the manager.
+
+        Taking the lock waits for a warm-up that is starting them, so nothing is
+        half-started when it is shut down.
+        """
         self._closing.set()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        with self._lock:
+            pool, self._pool = self._pool, None
+            manager, self._manager = self._manager, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         if self._pump is not None:
             self._pump.join(2)
-        if self._manager is not None:
-            self._manager.shutdown()
-            self._manager = None
+        if manager is not None:
+            manager.shutdown()
 
 
 class NotConfigured:
