@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -64,7 +63,7 @@ def demo_network() -> dict[str, dict[str, str]]:
     base = isolated_env()
     ports = {name: free_port() for name in ("sim", "ioc", "edge")}
     base["EPICS_PVA_NAME_SERVERS"] = " ".join(f"127.0.0.1:{p}" for p in ports.values())
-    envs = {"client": base}
+    envs = {}
     for name, port in ports.items():
         envs[name] = dict(base, EPICS_PVA_SERVER_PORT=str(port))
     envs["client"] = dict(base, EPICS_PVA_SERVER_PORT=str(ports["ioc"]))
@@ -334,5 +333,4 @@ def run(args: argparse.Namespace) -> int:
             demo.ctx.close()
         demo.procs.stop_all()
     print(json.dumps({"runs": runs, "folder": str(demo.root)}, indent=2))
-    os.sync()
     return 0

@@ -161,8 +161,7 @@ class DetectorSimulator:
         if self.acquisitions and self.next_scan is not None:
             self.scan = self.next_scan(self.acquisitions + 1)
         scan = self.scan
-        saver = (_BlockSaver(self._open_writer()).bind(scan) if self.out_dir is not None
-                 else None)
+        saver = _BlockSaver(self._open_writer(), scan) if self.out_dir is not None else None
         self.acquisitions += 1
         counter, rate_pv = self.pvs["cam1:ArrayCounter_RBV"], self.pvs["cam1:ArrayRate_RBV"]
         counter.post(0)
@@ -192,14 +191,14 @@ class DetectorSimulator:
                         last_report, sent_at_report = now, sent
         except BaseException:
             if saver is not None:
-                saver.finish(None)
+                saver.finish(keep=False)
             raise
         elapsed = time.perf_counter() - t0
         counter.post(sent)
         rate_pv.post(sent / elapsed if elapsed > 0 else 0.0)
         if saver is not None:
             saver.submit(sent - sent % _BLOCK, sent)
-            self.last_file = saver.finish(scan if sent else None)
+            self.last_file = saver.finish(keep=sent > 0)
             if self.last_file is not None:
                 log.info("saved %d frames to %s (%.0f frames/s)", sent, self.last_file,
                          sent / elapsed if elapsed > 0 else 0.0)
@@ -253,11 +252,11 @@ class _BlockSaver:
     file holds exactly the frames that were sent and the loop never waits on disk.
     """
 
-    def __init__(self, writer: ScanWriter) -> None:
+    def __init__(self, writer: ScanWriter, scan: Scan) -> None:
         self.writer = writer
         self.error: BaseException | None = None
         self._q: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
-        self._scan: Scan | None = None
+        self._scan = scan
         self._thread = threading.Thread(target=self._run, name="sim-save", daemon=True)
         self._started = False
 
@@ -270,7 +269,7 @@ class _BlockSaver:
 
     def _run(self) -> None:
         while (item := self._q.get()) is not None:
-            if self.error is not None or self._scan is None:
+            if self.error is not None:
                 continue
             start, stop = item
             try:
@@ -279,16 +278,12 @@ class _BlockSaver:
             except BaseException as exc:  # noqa: BLE001 - reported by finish()
                 self.error = exc
 
-    def bind(self, scan: Scan) -> _BlockSaver:
-        self._scan = scan
-        return self
-
-    def finish(self, scan: Scan | None) -> Path | None:
+    def finish(self, keep: bool) -> Path | None:
         """Wait for pending blocks; rename the file, or remove it if nothing or an error."""
         if self._started:
             self._q.put(None)
             self._thread.join()
-        if scan is None or self.error is not None or self.writer.frames_written == 0:
+        if not keep or self.error is not None or self.writer.frames_written == 0:
             self.writer.discard()
             if self.error is not None:
                 log.error("saving the scan failed, file removed: %s", self.error)
