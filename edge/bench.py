@@ -26,13 +26,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ptychoflow.edge.engines import make_engine
 from ptychoflow.edge.onnxmodels import ptychonn_graph, quantize_int8, write_card
+from ptychoflow.edge.scheduling import POLICIES, current_policy, set_policy
+from ptychoflow.edge.settings import EdgeSettings
+from ptychoflow.edge.swap import prepare
 from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
 from ptychoflow.preprocess import Preprocess
 
@@ -51,6 +54,11 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "tensorrt, torch)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--workers", type=int, default=1, help="edge inference workers")
+    parser.add_argument("--streams", type=int, default=0, help="edge inference streams "
+                        "(0: the edge's automatic choice)")
+    parser.add_argument("--scheduling", choices=POLICIES, default="batch",
+                        help="Linux scheduling policy of source, edge and client alike "
+                        "(see ptychoflow edge --help)")
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="how long to time the engine and the baseline")
     parser.add_argument("--rate-factor", type=float, default=1.25,
@@ -126,23 +134,44 @@ def _to_int8(path: Path, size: int) -> tuple[Path, float]:
     return path, float(np.abs(a - b).max())
 
 
+def _settings(path: Path, args: argparse.Namespace) -> EdgeSettings:
+    return EdgeSettings(model=str(path), engine=args.engine, device=args.device,
+                        threads=args.threads, streams=args.streams, workers=args.workers,
+                        batch_size=args.batch_size)
+
+
 def engine_fps(path: Path, args: argparse.Namespace) -> tuple[float, str]:
-    """The engine alone on frames already preprocessed and in memory."""
-    eng = make_engine(path, engine=args.engine, device=args.device, threads=args.threads)
+    """The edge's engine(s) alone, built exactly as the edge builds them, on frames in memory.
+
+    Two batches per engine are kept in flight, so every stream and worker is busy.
+    """
+    settings = _settings(path, args)
+    served = prepare(str(path), settings, path.parent)
+    runner = served.runner
     rng = np.random.default_rng(0)
     frames = rng.poisson(50.0, (args.batch_size, args.size, args.size)).astype(np.uint16)
     x = Preprocess(input_size=args.size)(frames)
-    for _ in range(3):
-        eng.infer(x)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < args.seconds:
-        eng.infer(x)
-        n += x.shape[0]
-    fps = n / (time.perf_counter() - t0)
+    depth = 2 * runner.workers * runner.streams
+    try:
+        for f in [runner.submit(x) for _ in range(depth)]:
+            f.result()
+        n, t0 = 0, time.perf_counter()
+        pending = deque(runner.submit(x) for _ in range(depth))
+        while time.perf_counter() - t0 < args.seconds:
+            pending.popleft().result()
+            n += x.shape[0]
+            pending.append(runner.submit(x))
+        fps = n / (time.perf_counter() - t0)
+        for f in pending:
+            f.result()
+    finally:
+        runner.close()
+    eng = getattr(runner, "engine", None)
+    if eng is None:
+        return fps, f"{runner.workers} worker processes"
     where = eng.providers[0] if hasattr(eng, "providers") else getattr(eng, "_device", "")
-    name = f"{eng.name} ({where})"
-    eng.close()
-    return fps, name
+    streams = f", {runner.streams} streams" if runner.streams > 1 else ""
+    return fps, f"{eng.name} ({where}{streams})"
 
 
 def baseline_fps(net: Any, args: argparse.Namespace) -> tuple[float | None, int]:
@@ -200,6 +229,12 @@ class _Receiver:
         return rows
 
 
+def _cpu_s(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (all its threads) so far; None: this one."""
+    fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _wait(pred: Any, timeout: float, what: str, logs: list[Path]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -221,20 +256,30 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
     py = [sys.executable, "-m", "ptychoflow.cli"]
     logs = [tmp / "sim.log", tmp / "edge.log"]
     n = args.frames
+    def policy() -> None:  # runs in the source's child process before it starts
+        set_policy(args.scheduling)
+
     procs = [
         subprocess.Popen(py + ["sim", "--prefix", p, "--frames", str(n), "--size",
                                str(args.size), "--rate", "100", "--out", "", "--wait",
-                               "--serve", "--delay", "0"], env=src_env,
+                               "--serve", "--delay", "0"], env=src_env, preexec_fn=policy,
                          stdout=logs[0].open("wb"), stderr=subprocess.STDOUT),
         subprocess.Popen(py + ["edge", "--prefix", p, "--input", p + "Pva1:Image", "--model",
                                str(path), "--batch-size", str(args.batch_size), "--threads",
                                str(args.threads), "--engine", args.engine, "--device",
-                               args.device, "--workers", str(args.workers), "--queue-size",
+                               args.device, "--workers", str(args.workers), "--streams",
+                               str(args.streams), "--scheduling", args.scheduling,
+                               "--queue-size",
                                str(max(4 * n, 1024))]
                          + (["--no-stitch"] if args.no_stitch else []), env=edge_env,
                          stdout=logs[1].open("wb"), stderr=subprocess.STDOUT),
     ]
+    # the client's threads (started by the Context) run under the same policy
+    saved = current_policy()
+    set_policy(args.scheduling)
     ctx = Context("pva", conf=pva_conf(edge_env), useenv=False, nt=False)
+    if saved in POLICIES:
+        set_policy(saved)
     try:
         def ready() -> bool:
             try:
@@ -268,7 +313,12 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                   "end of the acquisition", logs)
             return rows
 
+        pids = {"source": procs[0].pid, "edge": procs[1].pid, "client": None}
+        cpu0 = {k: _cpu_s(v) for k, v in pids.items()}
         rows = one_pass(args.rate or args.rate_factor * engine_rate)
+        # CPU per frame of each process over the throughput pass: where the cores went
+        cpu_ms = {k: round(1000.0 * (_cpu_s(v) - cpu0[k]) / max(1, len(rows)), 3)
+                  for k, v in pids.items()}
         t = np.array([r[0] for r in rows])
         fps = (len(t) - 1) / (t[-1] - t[0])
         ids = sorted(r[1] for r in rows)
@@ -283,7 +333,7 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                 "latency_rate_hz": round(float(args.latency_load * fps), 1),
                 "pipeline_frames": len(rows), "latency_frames": len(lat_rows),
                 "complete": ids == list(range(1, n + 1)),
-                "dropped": dropped, "bad_frames": bad}
+                "dropped": dropped, "bad_frames": bad, "cpu_ms_per_frame": cpu_ms}
     finally:
         ctx.close()
         for proc in reversed(procs):
@@ -315,8 +365,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gpu = "CUDA" in eng_name or "Tensorrt" in eng_name or "cuda" in args.device
     out: dict[str, Any] = {
         "model": desc, "stitch": not args.no_stitch, "engine": eng_name,
-        "batch_size": args.batch_size,
-        "workers": args.workers, "cores": len(os.sched_getaffinity(0)),
+        "batch_size": args.batch_size, "workers": args.workers, "scheduling": args.scheduling,
+        "cores": len(os.sched_getaffinity(0)),
         "cpu": platform.processor() or platform.machine(),
         "precision": args.precision, "engine_fps": round(eng_fps, 1),
         "engine_fps_runs": [round(eng_before, 1), round(eng_after, 1)], **pipe,

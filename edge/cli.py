@@ -30,10 +30,13 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM."""
     from ptychoflow.edge.model import ModelError
+    from ptychoflow.edge.scheduling import set_policy
     from ptychoflow.edge.service import EdgeService
     from ptychoflow.edge.settings import EdgeSettings
 
     settings = resolve(EdgeSettings, "edge", args)
+    # before any thread or worker process exists, so all of them inherit it
+    set_policy(settings.scheduling)
     done = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:

@@ -38,6 +38,16 @@ class Engine:
         b = self.input_shape[0]
         return b if isinstance(b, int) and b > 0 else None
 
+    @property
+    def concurrent_cpu(self) -> bool:
+        """Several instances may run side by side on the CPU, each with fewer threads.
+
+        True for ONNX Runtime on the CPU: its sessions are independent and
+        one-thread sessions need no barrier between threads. PyTorch's thread
+        count is global to the process, and a GPU engine has one device.
+        """
+        return False
+
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
@@ -116,6 +126,11 @@ class OrtEngine(Engine):
         self.outputs = [(o.name, list(o.shape)) for o in self.session.get_outputs()]
         self._out_names = [n for n, _ in self.outputs]
         self.providers = self.session.get_providers()
+
+    @property
+    def concurrent_cpu(self) -> bool:
+        """An ONNX Runtime session on the CPU provider."""
+        return self.providers[0] == "CPUExecutionProvider"
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         return list(self.session.run(self._out_names, {self.input_name: x}))

@@ -18,6 +18,7 @@ on the frame queue, where the drop policy lives.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -73,7 +74,11 @@ class EdgeService:
         self.unserved = 0  # frames that arrived while no model was loaded
         self.positions = PositionSource(settings.positions)
         self.queue: FrameQueue[Incoming] = FrameQueue(settings.queue_size)
-        self._fifo: queue.Queue[Any] = queue.Queue(maxsize=2 * max(1, settings.workers) + 1)
+        # batches in flight: two per engine that can run at once keeps every engine busy
+        # while the frames not yet batched wait in the drop-oldest queue
+        streams = settings.streams or min(4, len(os.sched_getaffinity(0)))
+        parallel = settings.workers * streams
+        self._fifo: queue.Queue[Any] = queue.Queue(maxsize=2 * parallel + 1)
         self._stop = threading.Event()
         self._reset = threading.Event()
         self.enabled = True
@@ -141,7 +146,8 @@ class EdgeService:
         if eng is None:
             return f"{r.workers} worker processes"
         where = getattr(eng, "providers", None) or [str(getattr(eng, "_device", ""))]
-        return f"{eng.name} ({where[0]})"
+        streams = f", {r.streams} streams" if r.streams > 1 else ""
+        return f"{eng.name} ({where[0]}{streams})"
 
     # ---- input -------------------------------------------------------------------------
     def _on_frame(self, item: Incoming) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ptychoflow.config import setting
+from ptychoflow.edge.scheduling import POLICIES
 from ptychoflow.pvnames import DEFAULT_PREFIX
 
 ENGINES = ("auto", "onnxruntime", "tensorrt", "torch")
@@ -24,6 +25,9 @@ class EdgeSettings:
     device: str = setting("auto", "cpu, cuda or auto (cuda when an engine can use it)",
                           choices=DEVICES)
     workers: int = setting(1, "inference worker processes (one per GPU when there are several)")
+    streams: int = setting(0, "inference streams in the edge process: batches run side by side, "
+                               "each engine with threads/streams threads (0: one per core up "
+                               "to 4 for ONNX Runtime on the CPU, else 1; workers = 1 only)")
     batch_size: int = setting(16, "largest micro-batch (a fixed-batch model uses its own)")
     latency_budget_ms: float = setting(5.0, "longest wait to fill a batch after its first frame")
     queue_size: int = setting(1024, "frames held before the oldest is dropped (bounds memory)")
@@ -38,11 +42,17 @@ class EdgeSettings:
     pixel_size_m: float = setting(0.0, "real-space pixel of the network output, for models "
                                        "without a card (metres)")
     scan_id_attribute: str = setting("ScanId", "frame attribute whose change starts a new map")
+    scheduling: str = setting("batch", "Linux scheduling policy of the edge's threads: batch "
+                                       "lets the stream's I/O wait for the end of the engine's "
+                                       "time slice instead of preempting it at every frame",
+                              choices=POLICIES)
     trt_cache_dir: str = setting("", "TensorRT engine cache folder (default: <model_dir>/.trt)")
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.streams < 0:
+            raise ValueError(f"streams must be 0 (automatic) or more, got {self.streams}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.latency_budget_ms < 0:
@@ -53,6 +63,8 @@ class EdgeSettings:
             raise ValueError(f"stitch_rate_hz must be positive, got {self.stitch_rate_hz}")
         if self.pixel_size_m < 0:
             raise ValueError(f"pixel_size_m must be >= 0, got {self.pixel_size_m}")
+        if self.scheduling not in POLICIES:
+            raise ValueError(f"scheduling {self.scheduling!r} unknown; use one of {POLICIES}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} unknown; use one of {ENGINES}")
         if self.device not in DEVICES:

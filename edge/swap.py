@@ -13,6 +13,7 @@ is refused and the old one keeps serving.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ def prepare(spec: str, settings: EdgeSettings, model_dir: Path) -> Served:
         raise
     runner: Runner
     if settings.workers == 1:
-        runner = ThreadRunner(engine)
+        runner = _thread_runner(engine, path, settings, model_dir)
     else:
         engine.close()
         runner = ProcessRunner(path, settings.workers, _engine_kwargs(settings, model_dir))
@@ -80,16 +81,53 @@ def prepare(spec: str, settings: EdgeSettings, model_dir: Path) -> Served:
     return Served(info, runner)
 
 
+def streams_for(engine: Engine, settings: EdgeSettings) -> int:
+    """How many inference streams the edge process runs (``--streams``, 0: automatic).
+
+    Automatic: one per core, at most four, for engines that run side by side on
+    the CPU (ONNX Runtime there); one otherwise (a GPU, or PyTorch, whose
+    thread count is one setting for the whole process).
+    """
+    if settings.streams > 0:
+        return settings.streams if engine.concurrent_cpu else 1
+    if not engine.concurrent_cpu:
+        return 1
+    return max(1, min(4, _cores(settings.threads)))
+
+
+def _cores(threads: int) -> int:
+    return threads if threads > 0 else max(1, len(os.sched_getaffinity(0)))
+
+
+def _thread_runner(engine: Engine, path: Path, settings: EdgeSettings,
+                   model_dir: Path) -> ThreadRunner:
+    """One engine, or ``streams`` engines that share the cores (``threads`` split among them)."""
+    streams = streams_for(engine, settings)
+    if streams == 1:
+        return ThreadRunner(engine)
+    engine.close()  # rebuilt with its share of the threads
+    kwargs = _engine_kwargs(settings, model_dir)
+    kwargs["threads"] = max(1, _cores(settings.threads) // streams)
+    engines: list[Engine] = []
+    try:
+        for _ in range(streams):
+            engines.append(make_engine(path, **kwargs))  # type: ignore[arg-type]
+    except (EngineError, OSError) as exc:
+        for e in engines:
+            e.close()
+        raise ModelError(str(exc)) from exc
+    return ThreadRunner(engines)
+
+
 def _warm_up(info: ModelInfo, runner: Runner) -> None:
-    """Run one batch per worker and check each output holds one image per frame."""
+    """Run one batch on every engine and check each output holds one image per frame."""
     n = info.batch or 2
     x = np.zeros((n, 1, info.height, info.width), np.float32)
-    futures = [runner.submit(x) for _ in range(runner.workers)]
-    for fut in futures:
-        try:
-            outs = fut.result(WARMUP_TIMEOUT_S)
-        except Exception as exc:
-            raise ModelError(f"{info.path.name}: warm-up inference failed: {exc}") from exc
+    try:
+        results = runner.warm_up(x, WARMUP_TIMEOUT_S)
+    except Exception as exc:
+        raise ModelError(f"{info.path.name}: warm-up inference failed: {exc}") from exc
+    for outs in results:
         if len(outs) != len(info.output_names):
             raise ModelError(f"{info.path.name}: warm-up gave {len(outs)} outputs, the model "
                              f"declares {len(info.output_names)}")

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import shutil
 import subprocess
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,30 +27,64 @@ class Runner:
     """Runs batches somewhere; ``submit`` returns a future of the output list."""
 
     workers = 1
+    streams = 1  # batches one worker runs at the same time
 
     def submit(self, x: np.ndarray) -> Future[list[np.ndarray]]:
         """Queue one batch for inference."""
         raise NotImplementedError
+
+    def warm_up(self, x: np.ndarray, timeout: float | None = None) -> list[list[np.ndarray]]:
+        """Run ``x`` once on every engine this runner holds; the outputs of each."""
+        futures = [self.submit(x) for _ in range(self.workers)]
+        return [f.result(timeout) for f in futures]
 
     def close(self) -> None:
         """Finish the queued batches, then release the engine(s)."""
 
 
 class ThreadRunner(Runner):
-    """One engine on one thread of this process (the default, and the fastest on one device)."""
+    """Engines on threads of this process (the default, and the fastest on one device).
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="edge-infer")
+    With several engines (inference *streams*), batches run side by side, each
+    on whichever engine is free. On a small CPU box two one-thread ONNX
+    Runtime sessions do about a fifth more frames per second than one session
+    with two threads: their threads never wait for each other, neither at the
+    end of each layer nor when the stream's I/O threads take a core for a
+    moment, and a batch of one frame costs no more per frame than a full one.
+    """
+
+    def __init__(self, engines: Engine | Sequence[Engine]) -> None:
+        self.engines = [engines] if isinstance(engines, Engine) else list(engines)
+        if not self.engines:
+            raise ValueError("a runner needs at least one engine")
+        self.engine = self.engines[0]
+        self.streams = len(self.engines)
+        self._free: queue.SimpleQueue[Engine] = queue.SimpleQueue()
+        for e in self.engines:
+            self._free.put(e)
+        self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="edge-infer")
+
+    def _infer(self, x: np.ndarray) -> list[np.ndarray]:
+        # the pool has as many threads as engines, so a free engine is always there
+        engine = self._free.get()
+        try:
+            return engine.infer(x)
+        finally:
+            self._free.put(engine)
 
     def submit(self, x: np.ndarray) -> Future[list[np.ndarray]]:
-        """Queue one batch for the engine thread."""
-        return self._pool.submit(self.engine.infer, x)
+        """Queue one batch for the next free engine."""
+        return self._pool.submit(self._infer, x)
+
+    def warm_up(self, x: np.ndarray, timeout: float | None = None) -> list[list[np.ndarray]]:
+        """Every engine, one after the other: each gets its first (slow) call here."""
+        return [e.infer(x) for e in self.engines]
 
     def close(self) -> None:
         """Drain and release."""
         self._pool.shutdown(wait=True)
-        self.engine.close()
+        for e in self.engines:
+            e.close()
 
 
 def gpu_count() -> int:

@@ -127,3 +127,37 @@ def test_torch_engine_matches_onnxruntime(tmp_path: Path) -> None:
     assert isinstance(te, TorchEngine) and te.input_name == "diffraction"
     np.testing.assert_allclose(te.infer(x)[0], OrtEngine(path, threads=1).infer(x)[0],
                                atol=1e-5)
+
+
+def test_streams_run_batches_side_by_side_and_keep_their_order(folder: Path) -> None:
+    """Two one-thread engines on the CPU; each batch's outputs belong to that batch."""
+    served = prepare("1", EdgeSettings(threads=2, streams=2), folder)
+    try:
+        runner = served.runner
+        assert runner.streams == 2
+        assert all(e.session.get_session_options().intra_op_num_threads == 1
+                   for e in runner.engines)  # type: ignore[attr-defined]
+        batches = [np.full((i % 5 + 1, 1, 16, 16), float(i), np.float32) for i in range(40)]
+        futures = [runner.submit(x) for x in batches]
+        for x, fut in zip(batches, futures, strict=True):
+            (y,) = fut.result(10)
+            assert y.shape == x.shape
+            np.testing.assert_allclose(y, served.runner.engines[0].infer(x)[0])
+    finally:
+        served.runner.close()
+
+
+def test_automatic_streams_follow_the_engine(folder: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    from ptychoflow.edge import swap
+
+    monkeypatch.setattr(swap.os, "sched_getaffinity", lambda pid: set(range(16)))
+    eng = OrtEngine(folder / "model-v1.onnx", threads=1)
+    assert eng.concurrent_cpu
+    assert swap.streams_for(eng, EdgeSettings()) == 4  # one per core, at most four
+    assert swap.streams_for(eng, EdgeSettings(threads=2)) == 2
+    assert swap.streams_for(eng, EdgeSettings(streams=3)) == 3
+    monkeypatch.setattr(OrtEngine, "concurrent_cpu", property(lambda self: False))
+    assert swap.streams_for(eng, EdgeSettings(streams=3)) == 1  # a GPU engine: one stream
+    with pytest.raises(ValueError, match="streams must be"):
+        EdgeSettings(streams=-1)
