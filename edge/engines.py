@@ -161,6 +161,61 @@ class TensorRTEngine(OrtEngine):
             raise EngineError(f"TensorRT could not take {path.name}; use --engine onnxruntime")
 
 
+class OpenVINOEngine(Engine):
+    """OpenVINO on the CPU, in bfloat16 where the CPU computes it natively.
+
+    On CPUs with AMX or AVX512-BF16 (Intel Xeon since Sapphire Rapids)
+    bfloat16 convolutions run several times faster than float32; with
+    ``half`` (the ``fp16`` setting, which means half precision on GPUs) the
+    engine uses them, as the GPU engines use float16. On a trained 64x64
+    PtychoNN the phase moved by 0.005 rad RMS, against the network's own
+    0.17 rad error to rPIE. Elsewhere, or with ``half`` off, it computes in
+    float32. One inference request, run by OpenVINO's own ``threads`` threads.
+    """
+
+    name = "openvino"
+
+    def __init__(self, path: Path, threads: int = 0, half: bool = True) -> None:
+        try:
+            import openvino as ov
+        except ModuleNotFoundError as exc:
+            raise EngineError("OpenVINO is not installed; pip install 'ptychoflow[openvino]' "
+                              "or use --engine onnxruntime") from exc
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:  # OpenVINO raises its own untyped errors
+            raise EngineError(f"OpenVINO cannot read {path.name}: {exc}") from exc
+        if len(model.inputs) != 1:
+            raise EngineError(f"{path.name} has {len(model.inputs)} inputs; the edge runs "
+                              "networks with exactly one input [B, 1, H, W]")
+        caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.precision = "bf16" if half and "BF16" in caps else "fp32"
+        config = {"INFERENCE_NUM_THREADS": _cpu_threads(threads), "NUM_STREAMS": 1,
+                  "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+        try:
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:
+            raise EngineError(f"OpenVINO cannot compile {path.name}: {exc}") from exc
+        self._request = self.compiled.create_infer_request()
+        self.input_name = model.inputs[0].get_any_name()
+        self.input_shape = _dims(model.inputs[0].get_partial_shape())
+        self.outputs = [(o.get_any_name(), _dims(o.get_partial_shape())) for o in model.outputs]
+        self._ports = list(self.compiled.outputs)
+        self.providers = [f"CPU {self.precision}"]
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        # infer() copies the outputs out of the request's buffers (share_outputs=False)
+        res = self._request.infer({0: x})
+        return [np.asarray(res[port]) for port in self._ports]
+
+
+def _dims(shape: Any) -> list[Any]:
+    """An OpenVINO partial shape as the edge's [int | name] list (dynamic: 'batch' etc.)."""
+    return [d.get_length() if d.is_static else f"dim{i}" for i, d in enumerate(shape)]
+
+
 class TorchEngine(Engine):
     """PyTorch fallback: runs ``model-vN.pt2`` (torch.export) or ``model-vN.pt`` (TorchScript).
 
@@ -260,6 +315,11 @@ def make_engine(path: Path, engine: str = "auto", device: str = "auto", threads:
                                 and _ort_has("TensorrtExecutionProvider")):
         cache = trt_cache_dir or path.parent / ".trt"
         return TensorRTEngine(path, cache, threads=threads, fp16=fp16)
+    if engine == "openvino":
+        if device == "cuda":
+            raise EngineError("the OpenVINO engine runs on the CPU; use --device cpu or auto, "
+                              "or another engine for CUDA")
+        return OpenVINOEngine(path, threads=threads, half=fp16)
     if engine == "onnxruntime" or (engine == "auto" and _ort_has("CPUExecutionProvider")):
         cuda = device == "cuda" or (device == "auto" and _ort_has("CUDAExecutionProvider"))
         return OrtEngine(path, device="cuda" if cuda else "cpu", threads=threads)

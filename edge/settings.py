@@ -8,7 +8,7 @@ from ptychoflow.config import setting
 from ptychoflow.edge.scheduling import POLICIES
 from ptychoflow.pvnames import DEFAULT_PREFIX
 
-ENGINES = ("auto", "onnxruntime", "tensorrt", "torch")
+ENGINES = ("auto", "onnxruntime", "tensorrt", "openvino", "torch")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -32,7 +32,8 @@ class EdgeSettings:
     latency_budget_ms: float = setting(5.0, "longest wait to fill a batch after its first frame")
     queue_size: int = setting(1024, "frames held before the oldest is dropped (bounds memory)")
     threads: int = setting(0, "intra-op threads per engine (0: all cores of this box)")
-    fp16: bool = setting(True, "half precision on GPU engines (TensorRT, PyTorch on CUDA)")
+    fp16: bool = setting(True, "half precision: float16 on GPU engines (TensorRT, PyTorch on "
+                               "CUDA), bfloat16 for OpenVINO on CPUs that have it")
     stitch: bool = setting(True, "stitch predictions into Edge:Stitched (needs positions)")
     stitch_rate_hz: float = setting(10.0, "most Edge:Stitched updates per second")
     stitch_max_size: int = setting(8192, "largest stitched map side in pixels (bounds memory)")

@@ -9,9 +9,16 @@ outermost row and column), so sub-pixel positions are honoured and a linear
 phase ramp comes out exact. Sum and weight maps are accumulated and the map is
 their ratio, so overlaps average. The map
 grows as the scan covers new ground, up to ``max_size`` pixels a side.
+
+Stitching runs for every frame on the publishing thread, so :meth:`Stitcher.add`
+does no allocation: the maps are float32 (a pixel overlapped by a whole scan
+of ~1,000 patches keeps six significant digits) and the resampled patch is
+built in place in scratch buffers.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -33,8 +40,10 @@ class Stitcher:
 
     def reset(self) -> None:
         """Forget the current map."""
-        self._sum = np.zeros((0, 0), dtype=np.float64)
-        self._w = np.zeros((0, 0), dtype=np.float64)
+        self._sum = np.zeros((0, 0), dtype=np.float32)
+        self._w = np.zeros((0, 0), dtype=np.float32)
+        self._rows = np.zeros((0, 0), dtype=np.float32)  # scratch of add()
+        self._cols = np.zeros((0, 0), dtype=np.float32)
         self._origin = (0, 0)  # map pixel (0, 0) in global pixel coordinates (row, col)
         self._grid: tuple[float, float] | None = None  # sub-pixel offset of the map grid
         self.count = 0
@@ -62,7 +71,7 @@ class Stitcher:
         mr = min(nh // 4, (self.max_size - nh) // 2)
         mc = min(nw // 4, (self.max_size - nw) // 2)
         nr0, nr1, nc0, nc1 = r0 - mr, r1 + mr, c0 - mc, c1 + mc
-        s = np.zeros((nr1 - nr0, nc1 - nc0), dtype=np.float64)
+        s = np.zeros((nr1 - nr0, nc1 - nc0), dtype=np.float32)
         wt = np.zeros_like(s)
         if h:
             s[or_ - nr0:or_ - nr0 + h, oc - nc0:oc - nc0 + w] = self._sum
@@ -71,7 +80,7 @@ class Stitcher:
 
     def add(self, patch: np.ndarray, x_m: float, y_m: float) -> None:
         """Place ``patch`` (h, w) centred at (x, y) metres from the object centre."""
-        if not (np.isfinite(x_m) and np.isfinite(y_m)):
+        if not (math.isfinite(x_m) and math.isfinite(y_m)):
             raise StitchError(f"position ({x_m}, {y_m}) is not finite")
         h, w = patch.shape
         # global coordinate of the patch's top-left pixel centre
@@ -80,10 +89,10 @@ class Stitcher:
         if self._grid is None:
             # the map's pixel grid is that of the scan's first patch, so a scan whose
             # steps are whole pixels is placed without any interpolation
-            self._grid = (top - np.floor(top), left - np.floor(left))
+            self._grid = (top - math.floor(top), left - math.floor(left))
         top -= self._grid[0]
         left -= self._grid[1]
-        r, c = int(np.floor(top)), int(np.floor(left))
+        r, c = math.floor(top), math.floor(left)
         fr, fc = top - r, left - c
         self._ensure(r, c, r + h + 1, c + w + 1)
         or_, oc = self._origin
@@ -97,9 +106,17 @@ class Stitcher:
             # off the grid: resample the patch bilinearly onto the map's pixels (separable:
             # rows, then columns); the outermost row and column, which only one side of
             # the interpolation reaches, are left out, so a linear phase is reproduced
-            # exactly at any sub-pixel offset
-            t = p[1:] * np.float32(1.0 - fr) + p[:-1] * np.float32(fr)
-            q = t[:, 1:] * np.float32(1.0 - fc) + t[:, :-1] * np.float32(fc)
+            # exactly at any sub-pixel offset. t = p[1:] + fr * (p[:-1] - p[1:]), in place.
+            if self._rows.shape != (h - 1, w):
+                self._rows = np.empty((h - 1, w), np.float32)
+                self._cols = np.empty((h - 1, w - 1), np.float32)
+            t, q = self._rows, self._cols
+            np.subtract(p[:-1], p[1:], out=t)
+            t *= np.float32(fr)
+            t += p[1:]
+            np.subtract(t[:, :-1], t[:, 1:], out=q)
+            q *= np.float32(fc)
+            q += t[:, 1:]
             self._sum[r + 1:r + h, c + 1:c + w] += q
             self._w[r + 1:r + h, c + 1:c + w] += 1.0
         self.count += 1
@@ -107,12 +124,12 @@ class Stitcher:
     def image(self) -> np.ndarray:
         """The averaged map as float32 (0 where nothing was placed)."""
         out = np.zeros(self._sum.shape, dtype=np.float32)
-        np.divide(self._sum, self._w, out=out, where=self._w > 1e-9, casting="unsafe")
+        np.divide(self._sum, self._w, out=out, where=self._w > 0.5)
         return out
 
     def covered(self) -> np.ndarray:
         """Boolean mask of map pixels that received at least one prediction."""
-        return self._w > 1e-9
+        return self._w > 0.5
 
     def global_to_map(self, y_m: float, x_m: float) -> tuple[float, float]:
         """Map (row, col) of the point (x, y) metres from the object centre."""

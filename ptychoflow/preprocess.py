@@ -86,17 +86,21 @@ class Preprocess:
             y0, x0 = (h - c) // 2, (w - c) // 2
             a = a[:, y0:y0 + c, x0:x0 + c]
             h = w = c
-        x = a.astype(np.float32, copy=False)
+        # one float32 copy of the input, then every step in place (the edge runs this
+        # on every frame); an unsigned detector cannot count below zero
+        x = a.astype(np.float32, copy=True)
         s = self.input_size
         if h != s or w != s:
             x = area_matrix(h, s) @ x @ area_matrix(w, s).T
+        if self.intensity != "linear" and a.dtype.kind != "u":
+            np.maximum(x, 0.0, out=x)
         if self.intensity == "sqrt":
-            x = np.sqrt(np.maximum(x, 0.0))
+            np.sqrt(x, out=x)
         elif self.intensity == "log1p":
-            x = np.log1p(np.maximum(x, 0.0))
+            np.log1p(x, out=x)
         if self.scale != 1.0:
-            x = x * np.float32(self.scale)
-        return np.ascontiguousarray(x[:, None], dtype=np.float32)
+            x *= np.float32(self.scale)
+        return np.ascontiguousarray(x[:, None])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for the model card."""

@@ -161,3 +161,24 @@ def test_automatic_streams_follow_the_engine(folder: Path, monkeypatch: pytest.M
     assert swap.streams_for(eng, EdgeSettings(streams=3)) == 1  # a GPU engine: one stream
     with pytest.raises(ValueError, match="streams must be"):
         EdgeSettings(streams=-1)
+
+
+def test_openvino_engine_matches_onnxruntime(tmp_path: Path) -> None:
+    """float32 agrees with ONNX Runtime; bfloat16 (where the CPU has it) to its precision."""
+    pytest.importorskip("openvino")
+    from ptychoflow.edge.engines import OpenVINOEngine, make_engine
+
+    path = affine_model(tmp_path / "m.onnx", 16, scale=0.5, offset=0.25)
+    x = np.random.default_rng(0).uniform(0, 4, (5, 1, 16, 16)).astype(np.float32)
+    (ref,) = OrtEngine(path, threads=1).infer(x)
+    f32 = OpenVINOEngine(path, threads=1, half=False)
+    assert f32.precision == "fp32" and f32.input_name == "diffraction"
+    assert f32.input_shape[1:] == [1, 16, 16] and f32.fixed_batch is None
+    np.testing.assert_allclose(f32.infer(x)[0], ref, rtol=1e-6)
+    half = make_engine(path, engine="openvino", device="cpu", threads=1)
+    assert half.name == "openvino"
+    np.testing.assert_allclose(half.infer(x)[0], ref, rtol=1e-2, atol=1e-2)
+    fixed = OpenVINOEngine(affine_model(tmp_path / "f.onnx", 16, batch=4, scale=0.5,
+                                        offset=0.25), threads=1, half=False)
+    assert fixed.fixed_batch == 4
+    np.testing.assert_allclose(fixed.infer(x)[0], ref, rtol=1e-6)  # padded and split
