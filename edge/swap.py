@@ -89,7 +89,11 @@ def streams_for(engine: Engine, settings: EdgeSettings) -> int:
     thread count is one setting for the whole process).
     """
     if settings.streams > 0:
-        return settings.streams if engine.concurrent_cpu else 1
+        if settings.streams > 1 and not engine.concurrent_cpu:
+            log.info("%s runs one stream here; --streams %d ignored", engine.name,
+                     settings.streams)
+            return 1
+        return settings.streams
     if not engine.concurrent_cpu:
         return 1
     return max(1, min(4, _cores(settings.threads)))
