@@ -139,13 +139,18 @@ def test_reconnects_after_source_restart(start_server, edge_env, prefix, source:
     assert edge.alive()
 
 
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_fixed_batch_model_without_card(start_server, edge_env, prefix, source: FrameSource,
-                                        collector: Collector, tmp_path: Path) -> None:
+                                        collector: Collector, tmp_path: Path,
+                                        engine: str) -> None:
     from ptychoflow.edge.onnxmodels import affine_model
 
+    if engine == "openvino":
+        pytest.importorskip("openvino")
     model = affine_model(tmp_path / "m" / "net.onnx", 32, batch=4)  # no card: sqrt, no map
+    # --no-fp16: OpenVINO in float32, so its outputs are exact like ONNX Runtime's
     edge = _start_edge(start_server, edge_env, prefix, source, model, "--no-stitch",
-                       "--latency-budget-ms", "50")
+                       "--latency-budget-ms", "50", "--engine", engine, "--no-fp16")
     collector.watch(prefix + "Edge:Phase")
     time.sleep(1.0)
     for uid in range(1, 11):  # 10 frames: batches of 4, 4 and a padded 2
