@@ -1,0 +1,29 @@
+"""``ptychoflow bench edge`` runs end to end (tiny sizes; figures are not asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
+
+
+def test_bench_edge_accounts_for_every_frame():
+    out = subprocess.run(
+        [sys.executable, "-m", "ptychoflow.cli", "bench", "edge", "--json", "--frames", "60",
+         "--size", "64", "--seconds", "0.5", "--no-baseline"],
+        capture_output=True, text=True, timeout=220, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["complete"] and r["dropped"] == 0 and r["bad_frames"] == 0
+    assert r["pipeline_frames"] == 60 and r["latency_frames"] == 60
+    assert len(r["pipeline_fps_runs"]) == 2 and r["pipeline_fps"] == max(r["pipeline_fps_runs"])
+    assert r["engine_fps"] == max(r["engine_fps_runs"]) > 0
+    assert r["pipeline_vs_engine"] == pytest.approx(r["pipeline_fps"] / r["engine_fps"],
+                                                    abs=1e-3)
+    assert set(r["cpu_ms_per_frame"]) == {"source", "edge", "client"}
+    assert r["cpu_ms_per_frame"]["edge"] > 0
+    assert r["scheduling"] == "batch" and r["precision"] == "fp32"
