@@ -8,7 +8,7 @@ the I/O itself (cache refills, a one-thread session's batch stalled
 mid-layer). ``SCHED_BATCH`` keeps fair shares of the CPU but lets a woken
 thread wait for the end of the running thread's slice (a few ms), so I/O is
 done in runs of several frames. Measured with ``ptychoflow bench edge`` on
-2 cores: 5-7 % more frames per second end to end, for a few ms of
+2 cores: 7-9 % more frames per second end to end, for a few ms of
 latency. No privilege is needed to choose it; other systems keep their
 default.
 """
