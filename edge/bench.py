@@ -172,13 +172,8 @@ def engine_fps(path: Path, args: argparse.Namespace) -> tuple[float, str, str]:
             f.result()
     finally:
         runner.close()
-    eng = getattr(runner, "engine", None)
-    precision = getattr(eng, "precision", args.precision)
-    if eng is None:
-        return fps, f"{runner.workers} worker processes", precision
-    where = eng.providers[0] if hasattr(eng, "providers") else getattr(eng, "_device", "")
-    streams = f", {runner.streams} streams" if runner.streams > 1 else ""
-    return fps, f"{eng.name} ({where}{streams})", precision
+    precision = getattr(getattr(runner, "engine", None), "precision", args.precision)
+    return fps, runner.describe(), precision
 
 
 def baseline_fps(net: Any, args: argparse.Namespace) -> tuple[float | None, int]:

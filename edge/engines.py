@@ -71,7 +71,8 @@ class Engine:
         """Release the engine's resources."""
 
 
-def _cpu_threads(threads: int) -> int:
+def cpu_threads(threads: int) -> int:
+    """``threads``, or every core this process may use when it is 0."""
     if threads > 0:
         return threads
     try:
@@ -105,7 +106,7 @@ class OrtEngine(Engine):
                 providers = ["CPUExecutionProvider"]
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = _cpu_threads(threads)
+        so.intra_op_num_threads = cpu_threads(threads)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
@@ -191,7 +192,7 @@ class OpenVINOEngine(Engine):
                               "networks with exactly one input [B, 1, H, W]")
         caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         self.precision = "bf16" if half and "BF16" in caps else "fp32"
-        config = {"INFERENCE_NUM_THREADS": _cpu_threads(threads), "NUM_STREAMS": 1,
+        config = {"INFERENCE_NUM_THREADS": cpu_threads(threads), "NUM_STREAMS": 1,
                   "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
         try:

@@ -18,7 +18,6 @@ on the frame queue, where the drop policy lives.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -37,7 +36,7 @@ from ptychoflow.edge.positions import PositionSource
 from ptychoflow.edge.server import EdgeServer
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.stitch import Stitcher, StitchError
-from ptychoflow.edge.swap import HotSwapper, Served, prepare
+from ptychoflow.edge.swap import HotSwapper, Served, auto_streams, prepare
 from ptychoflow.ntnda import Frame
 
 log = logging.getLogger(__name__)
@@ -76,8 +75,7 @@ class EdgeService:
         self.queue: FrameQueue[Incoming] = FrameQueue(settings.queue_size)
         # batches in flight: two per engine that can run at once keeps every engine busy
         # while the frames not yet batched wait in the drop-oldest queue
-        streams = settings.streams or min(4, len(os.sched_getaffinity(0)))
-        parallel = settings.workers * streams
+        parallel = settings.workers * (settings.streams or auto_streams(settings.threads))
         self._fifo: queue.Queue[Any] = queue.Queue(maxsize=2 * parallel + 1)
         self._stop = threading.Event()
         self._reset = threading.Event()
@@ -141,13 +139,7 @@ class EdgeService:
 
     def _engine_name(self) -> str:
         assert self.served is not None
-        r = self.served.runner
-        eng = getattr(r, "engine", None)
-        if eng is None:
-            return f"{r.workers} worker processes"
-        where = getattr(eng, "providers", None) or [str(getattr(eng, "_device", ""))]
-        streams = f", {r.streams} streams" if r.streams > 1 else ""
-        return f"{eng.name} ({where[0]}{streams})"
+        return self.served.runner.describe()
 
     # ---- input -------------------------------------------------------------------------
     def _on_frame(self, item: Incoming) -> None:

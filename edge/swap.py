@@ -13,7 +13,6 @@ is refused and the old one keeps serving.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ptychoflow.edge.engines import Engine, EngineError, make_engine
+from ptychoflow.edge.engines import Engine, EngineError, cpu_threads, make_engine
 from ptychoflow.edge.model import ModelError, ModelInfo, describe_model, resolve_model_path
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.workers import ProcessRunner, Runner, ThreadRunner
@@ -96,11 +95,12 @@ def streams_for(engine: Engine, settings: EdgeSettings) -> int:
         return settings.streams
     if not engine.concurrent_cpu:
         return 1
-    return max(1, min(4, _cores(settings.threads)))
+    return auto_streams(settings.threads)
 
 
-def _cores(threads: int) -> int:
-    return threads if threads > 0 else max(1, len(os.sched_getaffinity(0)))
+def auto_streams(threads: int) -> int:
+    """The automatic number of CPU streams: one per core (of ``threads``), at most four."""
+    return max(1, min(4, cpu_threads(threads)))
 
 
 def _thread_runner(engine: Engine, path: Path, settings: EdgeSettings,
@@ -111,7 +111,7 @@ def _thread_runner(engine: Engine, path: Path, settings: EdgeSettings,
         return ThreadRunner(engine)
     engine.close()  # rebuilt with its share of the threads
     kwargs = _engine_kwargs(settings, model_dir)
-    kwargs["threads"] = max(1, _cores(settings.threads) // streams)
+    kwargs["threads"] = max(1, cpu_threads(settings.threads) // streams)
     engines: list[Engine] = []
     try:
         for _ in range(streams):

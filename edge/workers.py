@@ -33,6 +33,10 @@ class Runner:
         """Queue one batch for inference."""
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """Where inference runs, in words (Message_RBV, benchmark output)."""
+        return f"{self.workers} worker processes"
+
     def warm_up(self, x: np.ndarray, timeout: float | None = None) -> list[list[np.ndarray]]:
         """Run ``x`` once on every engine this runner holds; the outputs of each."""
         futures = [self.submit(x) for _ in range(self.workers)]
@@ -71,6 +75,13 @@ class ThreadRunner(Runner):
             return engine.infer(x)
         finally:
             self._free.put(engine)
+
+    def describe(self) -> str:
+        """Engine, provider or device, and the number of streams."""
+        eng = self.engine
+        where = getattr(eng, "providers", None) or [str(getattr(eng, "_device", ""))]
+        streams = f", {self.streams} streams" if self.streams > 1 else ""
+        return f"{eng.name} ({where[0]}{streams})"
 
     def submit(self, x: np.ndarray) -> Future[list[np.ndarray]]:
         """Queue one batch for the next free engine."""

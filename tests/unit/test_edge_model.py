@@ -151,7 +151,7 @@ def test_automatic_streams_follow_the_engine(folder: Path, monkeypatch: pytest.M
                                              ) -> None:
     from ptychoflow.edge import swap
 
-    monkeypatch.setattr(swap.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     eng = OrtEngine(folder / "model-v1.onnx", threads=1)
     assert eng.concurrent_cpu
     assert swap.streams_for(eng, EdgeSettings()) == 4  # one per core, at most four
