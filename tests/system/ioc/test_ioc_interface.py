@@ -91,11 +91,14 @@ def test_every_pv_answers_pyepics_caproto_p4p_and_pvapy(shared_ioc, pva):
     assert pva.get(shared_ioc.pv("Recon:Epochs")) == 11
     assert ca_write(shared_ioc, "Recon:Epochs", 12).status.success
     pva.put(shared_ioc.pv("Recon:Epochs"), 13)
-    assert epics.caget(shared_ioc.pv("Recon:Epochs")) == 13
+    # pyepics' caget answers from its monitor cache by default, which may not have seen
+    # the PVA put yet: read from the server
+    assert epics.caget(shared_ioc.pv("Recon:Epochs"), use_monitor=False) == 13
     pvapy.Channel(shared_ioc.pv("Recon:Epochs")).put(14)
     assert ca_read(shared_ioc, "Recon:Epochs").data[0] == 14
     pva.put(shared_ioc.pv("Recon:Algorithm"), "LSQML")  # enum by name over PVA
-    assert epics.caget(shared_ioc.pv("Recon:Algorithm"), as_string=True) == "LSQML"
+    assert epics.caget(shared_ioc.pv("Recon:Algorithm"), as_string=True,
+                       use_monitor=False) == "LSQML"
     assert ca_write(shared_ioc, "Recon:Algorithm", "DM").status.success  # and over CA
     assert pva.get(shared_ioc.pv("Recon:Algorithm")).raw.value.index == 3
 
