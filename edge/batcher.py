@@ -31,6 +31,10 @@ class FrameQueue(Generic[T]):
         self.dropped = 0
         self.on_drop: Callable[[T], None] | None = None
         self._closed = False
+        # frames the waiting consumer needs before it is worth waking: 1 while it waits
+        # for a first frame, the batch size while it gathers one (it wakes by itself at
+        # the end of the latency budget); one wake per batch rather than per frame
+        self._want = 1
 
     def __len__(self) -> int:
         return len(self._items)
@@ -43,7 +47,8 @@ class FrameQueue(Generic[T]):
                 dropped = self._items.popleft()
                 self.dropped += 1
             self._items.append(item)
-            self._cond.notify()
+            if len(self._items) >= self._want:
+                self._cond.notify()
         if dropped is not None and self.on_drop is not None:
             self.on_drop(dropped)
 
@@ -65,10 +70,14 @@ class FrameQueue(Generic[T]):
                 return []
             if len(self._items) < max_n and budget_s > 0 and not self._closed:
                 deadline = time.monotonic() + budget_s
-                while len(self._items) < max_n and not self._closed:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
+                self._want = max_n
+                try:
+                    while len(self._items) < max_n and not self._closed:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                finally:
+                    self._want = 1
             n = min(max_n, len(self._items))
             return [self._items.popleft() for _ in range(n)]

@@ -333,7 +333,9 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                         at_first[0] = len(new)
                     rows.extend(new)
                     last[0] = time.monotonic()
-                return len(rows) >= n or time.monotonic() - last[0] > 5.0
+                # the source simulates the scan before it streams: the 5 s of silence that
+                # end a pass count from the first prediction, not from the start
+                return len(rows) >= n or (bool(rows) and time.monotonic() - last[0] > 5.0)
             _wait(done, 60 + 5 * n / max(1.0, min(rate, engine_rate)), f"{n} predictions",
                   logs)
             frames = max(1, len(rows) - at_first[0])

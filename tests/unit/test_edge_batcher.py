@@ -50,3 +50,12 @@ def test_timeout_and_close() -> None:
     assert q.get_batch(4, 0.0, timeout=0.05) == []
     threading.Timer(0.05, q.close).start()
     assert q.get_batch(4, 0.0, timeout=10.0) == []
+
+
+def test_a_waiting_consumer_wakes_for_its_first_frame() -> None:
+    # put() wakes the consumer only once it has what it waits for: here one frame
+    q: FrameQueue[int] = FrameQueue(100)
+    threading.Timer(0.05, q.put, args=(7,)).start()
+    t0 = time.monotonic()
+    assert q.get_batch(4, 0.0, timeout=10.0) == [7]
+    assert time.monotonic() - t0 < 5.0
