@@ -11,7 +11,11 @@ onnx helper API where torch is not installed):
 * ``pipeline_fps``: frames from a PVA source (``ptychoflow sim``) through
   ``ptychoflow edge`` (a subprocess) to a PVA client receiving ``Edge:Phase``,
   every frame accounted for (``dropped`` must be 0); the steady rate between
-  the 10th and 90th percentile frame; two passes, the better kept;
+  the 10th and 90th percentile frame; two passes, the better kept. The
+  source runs 25 % faster than the engine on a 5 ms clock (``--tick-ms``:
+  the frames due in a tick go out together, as a fast detector's do);
+  source, edge and client run under ``--scheduling``, EPICS's real-time
+  network threads included;
 * ``baseline_fps``: PyTorch eager, batch size 1, the way the original edge
   deployment ran (the better of 1 thread and all cores);
 * ``latency_p99_ms``: source time stamp to the client's receipt, at
@@ -38,7 +42,12 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.edge.onnxmodels import ptychonn_graph, quantize_int8, write_card
-from ptychoflow.edge.scheduling import POLICIES, current_policy, set_policy
+from ptychoflow.edge.scheduling import (
+    POLICIES,
+    current_policy,
+    level_realtime_threads,
+    set_policy,
+)
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.swap import prepare
 from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
@@ -73,6 +82,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=0.0,
                         help="source rate for the throughput pass in Hz (0: rate-factor x "
                         "engine_fps)")
+    parser.add_argument("--source-tick-ms", type=float, default=5.0,
+                        help="the source's clock (ptychoflow sim --tick-ms): each wake-up "
+                        "posts every frame due by then; 0: one wake-up per frame")
     parser.add_argument("--no-stitch", action="store_true", help="run the edge without the "
                         "stitched map")
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
@@ -277,8 +289,9 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
 
     procs = [
         subprocess.Popen(py + ["sim", "--prefix", p, "--frames", str(n), "--size",
-                               str(args.size), "--rate", "100", "--out", "", "--wait",
-                               "--serve", "--delay", "0"], env=src_env, preexec_fn=policy,
+                               str(args.size), "--rate", "100", "--tick-ms",
+                               str(args.source_tick_ms), "--out", "", "--wait", "--serve",
+                               "--delay", "0"], env=src_env, preexec_fn=policy,
                          stdout=logs[0].open("wb"), stderr=subprocess.STDOUT),
         subprocess.Popen(py + ["edge", "--prefix", p, "--input", p + "Pva1:Image", "--model",
                                str(path), "--batch-size", str(args.batch_size), "--threads",
@@ -306,6 +319,10 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             return msg.startswith("connected to")
 
         _wait(ready, 120, "edge connected to the simulator", logs)
+        # EPICS gives its network threads real-time priority where it may; the edge
+        # levels its own under --scheduling batch, the source and this client alike
+        for pid in (procs[0].pid, None):
+            level_realtime_threads(args.scheduling, pid)
         rx = _Receiver(ctx, p + "Edge:Phase")
         time.sleep(0.5)
         rx.take()
@@ -379,7 +396,11 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure and return the figures (``ok``: goals met where they apply)."""
+    """Measure and return the figures.
+
+    ``ok`` says every frame was accounted for (the exit status follows it); the
+    speed goals are reported beside it as ``goal_*``, measured, not enforced.
+    """
     with tempfile.TemporaryDirectory(prefix="ptychoflow-bench-edge-") as tmpname:
         tmp = Path(tmpname)
         path, net, desc = build_model(tmp / "models", args.size)
@@ -398,6 +419,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": desc, "stitch": not args.no_stitch, "engine": eng_name,
         "batch_size": args.batch_size, "workers": args.workers, "scheduling": args.scheduling,
+        "source_tick_ms": args.source_tick_ms,
         "cores": len(os.sched_getaffinity(0)),
         "cpu": platform.processor() or platform.machine(),
         "precision": precision, "engine_fps": round(eng_fps, 1),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -30,7 +31,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM."""
     from ptychoflow.edge.model import ModelError
-    from ptychoflow.edge.scheduling import set_policy
+    from ptychoflow.edge.scheduling import level_realtime_threads, set_policy
     from ptychoflow.edge.service import EdgeService
     from ptychoflow.edge.settings import EdgeSettings
 
@@ -50,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
         except (ModelError, ValueError, OSError) as exc:  # model, positions file, ports
             log.error("cannot serve: %s", exc)
             return 2
+        # the pvAccess server's and client's threads exist now
+        if os.environ.get("PF_LEVEL", "1") == "1":
+            n = level_realtime_threads(settings.scheduling)
+            if n:
+                log.info("%d real-time EPICS thread(s) now run under the %s policy", n,
+                         settings.scheduling)
         log.info("edge serving under %s", settings.prefix)
         try:
             while not done.wait(0.5):

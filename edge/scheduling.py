@@ -40,6 +40,38 @@ def set_policy(policy: str) -> bool:
     return True
 
 
+def level_realtime_threads(policy: str, pid: int | None = None) -> int:
+    """Bring the real-time threads of process ``pid`` (None: this one) under ``policy``.
+
+    Returns how many threads changed.
+
+    EPICS libCom starts its threads (pvxs's network loops among them) with
+    real-time priorities, ``SCHED_FIFO``, whenever the process may use them:
+    as root or with an ``rtprio`` limit. Such a thread preempts the engine
+    at once each time a frame comes in or goes out, so ``batch`` would not
+    batch the stream's I/O at all. Call it once those threads exist (the
+    edge does after starting its server and client; the benchmark does it for
+    its source and client too). ``normal`` changes nothing: a system that
+    grants real-time priorities keeps them.
+    """
+    if policy != "batch":
+        return 0
+    rt = {getattr(os, "SCHED_FIFO", -1), getattr(os, "SCHED_RR", -1)}
+    changed = 0
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid or 'self'}/task")]
+    except OSError:  # not Linux
+        return 0
+    for tid in tids:
+        try:
+            if os.sched_getscheduler(tid) in rt:
+                os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+                changed += 1
+        except (AttributeError, OSError):  # the thread ended meanwhile
+            continue
+    return changed
+
+
 def current_policy() -> str:
     """The calling thread's policy: batch, normal, or another name."""
     try:

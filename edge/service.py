@@ -323,11 +323,15 @@ class EdgeService:
         if info.amplitude_index is not None:
             a = outs[info.amplitude_index]
             amp = a.reshape(n, *a.shape[-2:])
-        stitched = False
+        # every image of the batch first, then the stitching: the posts reach pvxs's
+        # sending thread back to back, so it wakes once and sends them as one run
+        # (stitching between posts woke it, and the client behind it, for every frame)
         for i, f in enumerate(b.frames):
             self.server.post_image("Edge:Phase", phase[i], f.unique_id, f.timestamp)
             if amp is not None:
                 self.server.post_image("Edge:Amplitude", amp[i], f.unique_id, f.timestamp)
+        stitched = False
+        for i, f in enumerate(b.frames):
             pos = b.positions[i]
             if pos is not None and self.stitcher is not None:
                 self._maybe_new_scan(f)

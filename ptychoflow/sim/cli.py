@@ -30,6 +30,9 @@ class SimSettings:
     size: int = setting(128, "frame size in pixels", choices=[64, 128, 256, 512])
     dtype: str = setting("uint16", "detector counts type", choices=["uint16", "int32"])
     rate: float = setting(100.0, "frames per second, 0 = as fast as possible")
+    tick_ms: float = setting(0.0, "pace on a clock of this period: each wake-up posts every "
+                                  "frame due by then, as a detector ships frames in bursts; "
+                                  "0: one wake-up per frame")
     step: float = setting(50e-9, "scan step in metres (Fermat spiral)")
     photons: float = setting(1e6, "photons per frame through the sample")
     probe: str = setting("zoneplate", "probe kind", choices=["zoneplate", "gaussian"])
@@ -55,6 +58,8 @@ class SimSettings:
             raise ValueError(f"frames must be at least 1, got {self.frames}")
         if self.rate < 0:
             raise ValueError(f"rate must be >= 0 (0 = as fast as possible), got {self.rate}")
+        if not self.tick_ms >= 0:
+            raise ValueError(f"tick_ms must be >= 0, got {self.tick_ms}")
         if not self.prefix:
             raise ValueError("prefix must not be empty")
 
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    sim = DetectorSimulator(s.prefix, scan, rate=s.rate,
+    sim = DetectorSimulator(s.prefix, scan, rate=s.rate, tick_s=s.tick_ms / 1000.0,
                             out_dir=Path(s.out).resolve() if s.out else None, name=s.name,
                             next_scan=None if s.replay else lambda n: load_scan(s, n))
     serve(sim, acquire=not s.wait, keep_serving=s.serve or s.wait, stop=stop, delay=s.delay)

@@ -55,7 +55,7 @@ class DetectorSimulator:
 
     def __init__(self, prefix: str, scan: Scan, rate: float = 0.0,
                  out_dir: Path | None = None, name: str = "scan",
-                 next_scan: Callable[[int], Scan] | None = None) -> None:
+                 next_scan: Callable[[int], Scan] | None = None, tick_s: float = 0.0) -> None:
         self.prefix = prefix
         self.scan = scan
         self.next_scan = next_scan
@@ -69,6 +69,9 @@ class DetectorSimulator:
         self._idle = threading.Event()
         self._idle.set()
         self.rate = float(rate)
+        if not (tick_s >= 0 and np.isfinite(tick_s)):
+            raise ValueError(f"tick must be >= 0 s, got {tick_s}")
+        self.tick_s = float(tick_s)
         self.pvs: dict[str, SharedPV] = {}
         self.image = SharedPV(initial=make_frame(np.zeros(scan.frame_shape, scan.data.dtype), 0))
         self.pvs["Pva1:Image"] = self.image
@@ -178,7 +181,9 @@ class DetectorSimulator:
                 if self.rate > 0:
                     delay = t0 + i / self.rate - time.perf_counter()
                     if delay > 0:
-                        time.sleep(delay)
+                        # with a tick, sleep one tick past this frame's time: the frames
+                        # that fall due meanwhile go out with it, one wake-up for the lot
+                        time.sleep(delay + self.tick_s)
                 post(stamp(frames[i]))
                 sent = i + 1
                 if saver is not None and sent % _BLOCK == 0:

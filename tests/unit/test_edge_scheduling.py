@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ptychoflow.edge.scheduling import current_policy, set_policy
+from ptychoflow.edge.scheduling import current_policy, level_realtime_threads, set_policy
 from ptychoflow.edge.settings import EdgeSettings
 
 
@@ -35,3 +35,32 @@ def test_unknown_policy_is_refused() -> None:
         set_policy("realtime")
     with pytest.raises(ValueError, match="scheduling"):
         EdgeSettings(scheduling="fifo")
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_FIFO"), reason="Linux scheduling policies only")
+def test_realtime_threads_are_levelled_under_batch_only() -> None:
+    """EPICS starts its threads SCHED_FIFO where it may; ``batch`` brings them back."""
+    ready, done = threading.Event(), threading.Event()
+    tid: list[int] = []
+
+    def body() -> None:
+        tid.append(threading.get_native_id())
+        ready.set()
+        done.wait(10)
+
+    t = threading.Thread(target=body)
+    t.start()
+    ready.wait(10)
+    try:
+        try:
+            os.sched_setscheduler(tid[0], os.SCHED_FIFO, os.sched_param(1))
+        except PermissionError:
+            pytest.skip("this account may not use real-time priorities (nor may EPICS)")
+        assert level_realtime_threads("normal") == 0
+        assert os.sched_getscheduler(tid[0]) == os.SCHED_FIFO
+        assert level_realtime_threads("batch") >= 1
+        assert os.sched_getscheduler(tid[0]) == os.SCHED_BATCH
+        assert level_realtime_threads("batch", os.getpid()) == 0  # nothing left to level
+    finally:
+        done.set()
+        t.join()
