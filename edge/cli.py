@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import threading
 from types import FrameType
@@ -52,11 +51,10 @@ def run(args: argparse.Namespace) -> int:
             log.error("cannot serve: %s", exc)
             return 2
         # the pvAccess server's and client's threads exist now
-        if os.environ.get("PF_LEVEL", "1") == "1":
-            n = level_realtime_threads(settings.scheduling)
-            if n:
-                log.info("%d real-time EPICS thread(s) now run under the %s policy", n,
-                         settings.scheduling)
+        n = level_realtime_threads(settings.scheduling)
+        if n:
+            log.info("%d real-time EPICS thread(s) now run under the %s policy", n,
+                     settings.scheduling)
         log.info("edge serving under %s", settings.prefix)
         try:
             while not done.wait(0.5):
