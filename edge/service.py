@@ -340,7 +340,7 @@ class EdgeService:
                     stitched = True
                 except StitchError as exc:
                     self._bad(str(exc))
-            self._last_pub = f
+        self._last_pub = b.frames[-1]
         now = time.monotonic()
         lat_window.extend(now - t for t in b.arrivals)
         self.latencies.extend(now - t for t in b.arrivals)
