@@ -18,7 +18,7 @@ from p4p.nt import NTScalar
 from p4p.server import Server
 from p4p.server.thread import SharedPV
 
-from ptychoflow.ntnda import make_frame
+from ptychoflow.ntnda import ImageStream, make_frame
 from ptychoflow.pvnames import EDGE, PVSpec
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class EdgeServer:
         self.prefix = prefix
         self.pvs: dict[str, SharedPV] = {}
         self._last: dict[str, Any] = {}
+        self._streams: dict[str, ImageStream] = {}
         handlers = dict(handlers or {})
         for spec in EDGE:
             self.pvs[spec.suffix] = self._make_pv(spec, handlers.get(spec.suffix))
@@ -91,8 +92,12 @@ class EdgeServer:
 
     def post_image(self, suffix: str, array: np.ndarray, unique_id: int, timestamp: float,
                    attributes: dict[str, Any] | None = None) -> None:
-        """Post a float32 image carrying the source frame's id and time stamp."""
-        self.pvs[suffix].post(make_frame(array, unique_id, timestamp, attributes))
+        """Post a float32 image carrying the source frame's id and time stamp.
+
+        Called from the publishing thread only: each PV's value is refilled, not rebuilt.
+        """
+        stream = self._streams.setdefault(suffix, ImageStream())
+        self.pvs[suffix].post(stream.value(array, unique_id, timestamp, attributes))
 
     def set_message(self, text: str) -> None:
         """``Message_RBV``: the last status or error in words."""

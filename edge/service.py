@@ -33,6 +33,7 @@ import numpy as np
 from ptychoflow.edge.batcher import FrameQueue
 from ptychoflow.edge.client import Incoming, InputMonitor
 from ptychoflow.edge.positions import PositionSource
+from ptychoflow.edge.scheduling import name_os_thread
 from ptychoflow.edge.server import EdgeServer
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.stitch import Stitcher, StitchError
@@ -183,6 +184,7 @@ class EdgeService:
         return self.positions.position(item.frame)
 
     def _collect(self) -> None:
+        name_os_thread()
         budget = self.settings.latency_budget_ms / 1000.0
         while True:
             new = self.swapper.take()
@@ -259,6 +261,7 @@ class EdgeService:
                          "the stitched map is off")
 
     def _publish(self) -> None:
+        name_os_thread()
         last_status = 0.0
         last_stitch = 0.0
         stitch_dirty = False

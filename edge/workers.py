@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.edge.engines import Engine, make_engine
+from ptychoflow.edge.scheduling import name_os_thread
 
 
 class Runner:
@@ -66,7 +67,8 @@ class ThreadRunner(Runner):
         self._free: queue.SimpleQueue[Engine] = queue.SimpleQueue()
         for e in self.engines:
             self._free.put(e)
-        self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="edge-infer")
+        self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="edge-infer",
+                                        initializer=name_os_thread)
 
     def _infer(self, x: np.ndarray) -> list[np.ndarray]:
         # the pool has as many threads as engines, so a free engine is always there

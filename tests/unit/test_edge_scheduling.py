@@ -7,7 +7,12 @@ import threading
 
 import pytest
 
-from ptychoflow.edge.scheduling import current_policy, level_realtime_threads, set_policy
+from ptychoflow.edge.scheduling import (
+    current_policy,
+    level_realtime_threads,
+    name_os_thread,
+    set_policy,
+)
 from ptychoflow.edge.settings import EdgeSettings
 
 
@@ -64,3 +69,20 @@ def test_realtime_threads_are_levelled_under_batch_only() -> None:
     finally:
         done.set()
         t.join()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="Linux thread names only")
+def test_edge_threads_show_their_names_to_the_system() -> None:
+    names: list[str] = []
+
+    def body() -> None:
+        name_os_thread()
+        tid = threading.get_native_id()
+        names.append(open(f"/proc/self/task/{tid}/comm").read().strip())
+        name_os_thread("a-much-longer-name-than-fits")
+        names.append(open(f"/proc/self/task/{tid}/comm").read().strip())
+
+    t = threading.Thread(target=body, name="edge-publish")
+    t.start()
+    t.join()
+    assert names == ["edge-publish", "a-much-longer-n"]

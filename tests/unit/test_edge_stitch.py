@@ -61,6 +61,25 @@ def test_sub_pixel_positions_are_honoured() -> None:
     assert inside.sum() > 500
 
 
+def test_off_grid_patch_is_the_bilinear_resample_of_any_image() -> None:
+    # any patch, not only a ramp: each map pixel is the bilinear mix of the four patch
+    # pixels around it, and a non-square patch keeps its rows apart
+    rng = np.random.default_rng(2)
+    grid = rng.normal(size=(9, 12)).astype(np.float32)
+    patch = rng.normal(size=(9, 12)).astype(np.float32)
+    st = Stitcher(PIX)
+    st.add(grid, 0.0, 0.0)  # on the grid: fixes the map's pixel grid
+    fr, fc = 0.25, 0.625
+    st.add(patch, fc * PIX, fr * PIX)  # shifted down by fr and right by fc of a pixel
+    want = ((1 - fc) * ((1 - fr) * patch[1:, 1:] + fr * patch[:-1, 1:])
+            + fc * ((1 - fr) * patch[1:, :-1] + fr * patch[:-1, :-1]))
+    y0, x0 = st.origin_m
+    r0 = int(round(-(9 - 1) / 2 - y0 / PIX)) + 1  # the map row of the grid patch's row 1
+    c0 = int(round(-(12 - 1) / 2 - x0 / PIX)) + 1
+    got = st.image()[r0:r0 + 8, c0:c0 + 11]
+    np.testing.assert_allclose(got, (grid[1:, 1:] + want) / 2, atol=1e-5)
+
+
 def test_overlaps_are_averaged_and_reset_starts_over() -> None:
     st = Stitcher(PIX)
     st.add(np.full((4, 4), 1.0, np.float32), 0.0, 0.0)
