@@ -87,6 +87,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "posts every frame due by then; 0: one wake-up per frame")
     parser.add_argument("--no-stitch", action="store_true", help="run the edge without the "
                         "stitched map")
+    parser.add_argument("--stitch-process", action="store_true", help="run the edge with "
+                        "--stitch-process (the map in a process of its own)")
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                         help="int8: run engine and pipeline on a statically quantized copy "
                         "(ONNX Runtime, QDQ); the baseline stays float32 PyTorch. For "
@@ -300,7 +302,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                                str(args.streams), "--scheduling", args.scheduling,
                                "--queue-size",
                                str(max(4 * n, 1024))]
-                         + (["--no-stitch"] if args.no_stitch else []), env=edge_env,
+                         + (["--no-stitch"] if args.no_stitch else [])
+                         + (["--stitch-process"] if args.stitch_process else []), env=edge_env,
                          stdout=logs[1].open("wb"), stderr=subprocess.STDOUT),
     ]
     # the client's threads (started by the Context) run under the same policy
@@ -417,7 +420,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         eng_fps = max(eng_before, eng_after)
     gpu = "CUDA" in eng_name or "Tensorrt" in eng_name or "cuda" in args.device
     out: dict[str, Any] = {
-        "model": desc, "stitch": not args.no_stitch, "engine": eng_name,
+        "model": desc, "stitch": not args.no_stitch, "stitch_process": args.stitch_process,
+        "engine": eng_name,
         "batch_size": args.batch_size, "workers": args.workers, "scheduling": args.scheduling,
         "source_tick_ms": args.source_tick_ms,
         "cores": len(os.sched_getaffinity(0)),

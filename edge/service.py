@@ -37,6 +37,7 @@ from ptychoflow.edge.scheduling import name_os_thread
 from ptychoflow.edge.server import EdgeServer
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.stitch import Stitcher, StitchError
+from ptychoflow.edge.stitchproc import StitchProcess, StitchProcessError
 from ptychoflow.edge.swap import HotSwapper, Served, auto_streams, prepare
 from ptychoflow.ntnda import Frame
 
@@ -88,7 +89,7 @@ class EdgeService:
         self._last_uid: int | None = None
         self._last_ts = 0.0
         self._last_bad_msg = 0.0
-        self.stitcher: Stitcher | None = None
+        self.stitcher: Stitcher | StitchProcess | None = None
         self._scan_key: Any = None
         self._last_pub: Frame | None = None  # the last frame published (ids for the map)
         self._stitch_uid: int | None = None
@@ -250,13 +251,25 @@ class EdgeService:
                              "in Dropped_RBV); put a model path to Edge:Model:Load")
 
     # ---- publisher ---------------------------------------------------------------------
-    def _new_stitcher(self) -> None:
-        if self.served is None:
-            self.stitcher = None
-            return
-        pix = self.served.info.pixel_size_m
-        self.stitcher = Stitcher(pix, self.settings.stitch_max_size) if pix > 0 else None
-        if self.stitcher is None and self.settings.stitch:
+    def _new_stitcher(self, in_process: bool = False) -> None:
+        """A new, empty map for the served model's pixel size.
+
+        A stitching process is kept and given the new size: starting one takes longer
+        than a frame may wait.
+        """
+        pix = self.served.info.pixel_size_m if self.served is not None else 0.0
+        size = self.settings.stitch_max_size
+        if isinstance(self.stitcher, StitchProcess):
+            if pix > 0 and not in_process:
+                self.stitcher.repixel(pix)
+                return
+            self.stitcher.close()
+        self.stitcher = None
+        if pix > 0:
+            self.stitcher = (StitchProcess(pix, size) if self.settings.stitch_process
+                             and self.settings.stitch and not in_process
+                             else Stitcher(pix, size))
+        if self.stitcher is None and self.served is not None and self.settings.stitch:
             self.message("no output pixel size (model has no card and --pixel-size-m is 0): "
                          "the stitched map is off")
 
@@ -289,7 +302,10 @@ class EdgeService:
             if self._reset.is_set():
                 self._reset.clear()
                 if self.stitcher is not None:
-                    self.stitcher.reset()
+                    try:
+                        self.stitcher.reset()
+                    except StitchProcessError as exc:
+                        self._stitch_process_gone(exc)
                     stitch_dirty = True
             if isinstance(entry, _Batch):
                 try:
@@ -311,6 +327,8 @@ class EdgeService:
         self._post_status(0.0, lat_window)
         if self.stitcher is not None and stitch_dirty:
             self._post_stitched()
+        if isinstance(self.stitcher, StitchProcess):
+            self.stitcher.close()
 
     def _emit(self, b: _Batch, lat_window: list[float]) -> bool:
         try:
@@ -334,15 +352,22 @@ class EdgeService:
             if amp is not None:
                 self.server.post_image("Edge:Amplitude", amp[i], f.unique_id, f.timestamp)
         stitched = False
-        for i, f in enumerate(b.frames):
-            pos = b.positions[i]
-            if pos is not None and self.stitcher is not None:
-                self._maybe_new_scan(f)
-                try:
-                    self.stitcher.add(phase[i], pos[0], pos[1])
-                    stitched = True
-                except StitchError as exc:
-                    self._bad(str(exc))
+        try:
+            for i, f in enumerate(b.frames):
+                pos = b.positions[i]
+                if pos is not None and self.stitcher is not None:
+                    self._maybe_new_scan(f)
+                    try:
+                        self.stitcher.add(phase[i], pos[0], pos[1])
+                        stitched = True
+                    except StitchError as exc:
+                        self._bad(str(exc))
+            if isinstance(self.stitcher, StitchProcess):
+                self.stitcher.flush()
+                for why in self.stitcher.errors():
+                    self._bad(why)
+        except StitchProcessError as exc:
+            self._stitch_process_gone(exc)
         self._last_pub = b.frames[-1]
         now = time.monotonic()
         lat_window.extend(now - t for t in b.arrivals)
@@ -361,11 +386,20 @@ class EdgeService:
         self._scan_key = key
         self._stitch_uid = f.unique_id
 
+    def _stitch_process_gone(self, exc: Exception) -> None:
+        log.error("%s", exc)
+        self.message(f"{exc}: stitching in the edge process from now on (the map restarts)")
+        self._new_stitcher(in_process=True)
+
     def _post_stitched(self) -> None:
         assert self.stitcher is not None
         f = self._last_pub
+        try:
+            img = self.stitcher.image()
+        except StitchProcessError as exc:
+            self._stitch_process_gone(exc)
+            return
         y0, x0 = self.stitcher.origin_m
-        img = self.stitcher.image()
         if img.size == 0:
             img = np.zeros((1, 1), np.float32)
         attrs = {"PixelSize": self.stitcher.pixel, "OriginX": x0, "OriginY": y0,

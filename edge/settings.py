@@ -37,6 +37,9 @@ class EdgeSettings:
     stitch: bool = setting(True, "stitch predictions into Edge:Stitched (needs positions)")
     stitch_rate_hz: float = setting(10.0, "most Edge:Stitched updates per second")
     stitch_max_size: int = setting(8192, "largest stitched map side in pixels (bounds memory)")
+    stitch_process: bool = setting(False, "stitch in a process of its own, so the edge's "
+                                          "Python thread never spends its turn on the map "
+                                          "(for thousands of frames/s; one more process)")
     positions: str = setting("", "positions file (.npy/.csv/.txt x y in metres, or a scan .h5) "
                                  "used when frames carry no PositionX/PositionY; row = "
                                  "uniqueId - 1")

@@ -20,12 +20,14 @@ def _start_edge(start_server, edge_env, prefix, source, model, *extra):
     return edge
 
 
+@pytest.mark.parametrize("stitching", [(), ("--stitch-process",)], ids=["in-edge", "process"])
 def test_predictions_carry_ids_and_stitched_map_matches_object(
         start_server, edge_env, prefix, source: FrameSource, collector: Collector,
-        model_dir: Path) -> None:
+        model_dir: Path, stitching: tuple[str, ...]) -> None:
     rng = np.random.default_rng(1)
     obj = rng.uniform(-1.0, 1.0, (96, 96)).astype(np.float32)
-    edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx")
+    edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx",
+                       *stitching)
     collector.watch(prefix + "Edge:Phase")
     collector.watch(prefix + "Edge:Stitched")
     time.sleep(1.0)
