@@ -46,7 +46,8 @@ def main() -> None:
             r = bench.pipeline(model, args, rate, tmp)
             print(json.dumps({
                 "rate_hz": rate, "stitch": not args.no_stitch,
-                "stitch_process": args.stitch_process, "frames": args.frames,
+                "stitch_process": args.stitch_process, "input_queue": args.input_queue,
+                "frames": args.frames,
                 "delivered_fps": r["pipeline_fps"], "passes_fps": r["pipeline_fps_runs"],
                 "complete": r["complete"], "dropped": r["dropped"],
                 "bad_frames": r["bad_frames"], "cpu_ms_per_frame": r["cpu_ms_per_frame"],

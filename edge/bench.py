@@ -89,6 +89,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "stitched map")
     parser.add_argument("--stitch-process", action="store_true", help="run the edge with "
                         "--stitch-process (the map in a process of its own)")
+    parser.add_argument("--input-queue", type=int, default=64, help="the edge's "
+                        "--input-queue (updates the source holds for it)")
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                         help="int8: run engine and pipeline on a statically quantized copy "
                         "(ONNX Runtime, QDQ); the baseline stays float32 PyTorch. For "
@@ -300,8 +302,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                                str(args.threads), "--engine", args.engine, "--device",
                                args.device, "--workers", str(args.workers), "--streams",
                                str(args.streams), "--scheduling", args.scheduling,
-                               "--queue-size",
-                               str(max(4 * n, 1024))]
+                               "--queue-size", str(max(4 * n, 1024)),
+                               "--input-queue", str(args.input_queue)]
                          + (["--no-stitch"] if args.no_stitch else [])
                          + (["--stitch-process"] if args.stitch_process else []), env=edge_env,
                          stdout=logs[1].open("wb"), stderr=subprocess.STDOUT),
@@ -421,6 +423,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gpu = "CUDA" in eng_name or "Tensorrt" in eng_name or "cuda" in args.device
     out: dict[str, Any] = {
         "model": desc, "stitch": not args.no_stitch, "stitch_process": args.stitch_process,
+        "input_queue": args.input_queue,
         "engine": eng_name,
         "batch_size": args.batch_size, "workers": args.workers, "scheduling": args.scheduling,
         "source_tick_ms": args.source_tick_ms,

@@ -25,7 +25,12 @@ log = logging.getLogger(__name__)
 # instead of being squashed into the latest frame. No ``pipeline=true``: a
 # pvAccessCPP server (areaDetector's NDPluginPva, pvapy) answered it with
 # repeated copies of the same update.
-MONITOR_REQUEST = "record[queueSize=64]field()"
+QUEUE_SIZE = 64
+
+
+def monitor_request(queue_size: int = QUEUE_SIZE) -> str:
+    """The pvRequest of the input monitor: ``queue_size`` updates held per subscriber."""
+    return f"record[queueSize={int(queue_size)}]field()"
 
 
 @dataclass
@@ -42,9 +47,10 @@ class InputMonitor:
 
     def __init__(self, sink: Callable[[Incoming], None],
                  on_status: Callable[[str], None] | None = None,
-                 conf: Mapping[str, str] | None = None) -> None:
+                 conf: Mapping[str, str] | None = None, queue_size: int = QUEUE_SIZE) -> None:
         from p4p.client.thread import Context
 
+        self._request = monitor_request(queue_size)
         self._sink = sink
         self._on_status = on_status or (lambda s: None)
         if conf is None:
@@ -66,7 +72,7 @@ class InputMonitor:
             self.pv = pv
             self.connected = False
             if pv:
-                self._sub = self._ctx.monitor(pv, self._callback, request=MONITOR_REQUEST,
+                self._sub = self._ctx.monitor(pv, self._callback, request=self._request,
                                               notify_disconnect=True)
                 self._on_status(f"following {pv}; waiting for the source")
 

@@ -104,7 +104,7 @@ class EdgeService:
         self.server.post_scalar("Edge:Model:Version_RBV",
                                 self.served.info.version if self.served else 0)
         self.server.post_scalar("Edge:Input", settings.input)
-        self.monitor = InputMonitor(self._on_frame, self.message, conf)
+        self.monitor = InputMonitor(self._on_frame, self.message, conf, settings.input_queue)
         self._threads = [threading.Thread(target=self._collect, name="edge-collect", daemon=True),
                          threading.Thread(target=self._publish, name="edge-publish", daemon=True)]
         for t in self._threads:
@@ -324,9 +324,9 @@ class EdgeService:
                 count_at_status = self.processed
                 last_status = now
                 lat_window = []
-        self._post_status(0.0, lat_window)
         if self.stitcher is not None and stitch_dirty:
-            self._post_stitched()
+            self._post_stitched()  # first: it may count refused patches as bad frames
+        self._post_status(0.0, lat_window)
         if isinstance(self.stitcher, StitchProcess):
             self.stitcher.close()
 
@@ -396,6 +396,9 @@ class EdgeService:
         f = self._last_pub
         try:
             img = self.stitcher.image()
+            if isinstance(self.stitcher, StitchProcess):
+                for why in self.stitcher.errors():  # all in: image() waited for the child
+                    self._bad(why)
         except StitchProcessError as exc:
             self._stitch_process_gone(exc)
             return

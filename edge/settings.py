@@ -31,6 +31,11 @@ class EdgeSettings:
     batch_size: int = setting(16, "largest micro-batch (a fixed-batch model uses its own)")
     latency_budget_ms: float = setting(5.0, "longest wait to fill a batch after its first frame")
     queue_size: int = setting(1024, "frames held before the oldest is dropped (bounds memory)")
+    input_queue: int = setting(64, "frames the source holds for the edge while the edge's "
+                                    "receiving thread is busy (pvRequest queueSize; beyond "
+                                    "it frames are lost and counted): raise it for thousands "
+                                    "of frames/s; costs up to that many frames of memory at "
+                                    "the source")
     threads: int = setting(0, "intra-op threads per engine (0: all cores of this box)")
     fp16: bool = setting(True, "half precision: float16 on GPU engines (TensorRT, PyTorch on "
                                "CUDA), bfloat16 for OpenVINO on CPUs that have it")
@@ -63,6 +68,8 @@ class EdgeSettings:
             raise ValueError(f"latency_budget_ms must be >= 0, got {self.latency_budget_ms}")
         if self.queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {self.queue_size}")
+        if self.input_queue < 1:
+            raise ValueError(f"input_queue must be at least 1, got {self.input_queue}")
         if self.stitch_rate_hz <= 0:
             raise ValueError(f"stitch_rate_hz must be positive, got {self.stitch_rate_hz}")
         if self.pixel_size_m < 0:
