@@ -162,3 +162,58 @@ def test_fixed_batch_model_without_card(start_server, edge_env, prefix, source: 
     for f in got:  # default preprocessing of a card-less model: sqrt
         np.testing.assert_allclose(f.array, f.unique_id, rtol=1e-6)
     assert edge.alive()
+
+
+def _stitch_child(parent: int, timeout: float = 20.0) -> int:
+    """The pid of the edge's stitching process (its name is edge-stitch)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            comm = stat[stat.index("(") + 1:stat.rindex(")")]
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == parent and comm == "edge-stitch":
+                return int(d.name)
+        time.sleep(0.1)
+    raise AssertionError("no edge-stitch child of the edge")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the child in /proc")
+def test_a_dead_stitching_process_is_replaced_in_process(
+        start_server, edge_env, prefix, source: FrameSource, collector: Collector,
+        model_dir: Path) -> None:
+    import os
+    import signal
+
+    edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx",
+                       "--stitch-process")
+    collector.watch(prefix + "Edge:Phase")
+    collector.watch(prefix + "Edge:Stitched")
+    time.sleep(1.0)
+    frame = np.ones((32, 32), np.float32)
+    for uid in range(1, 6):
+        source.publish(frame, uid, _pos(uid))
+        time.sleep(0.02)
+    collector.wait_for(prefix + "Edge:Stitched",
+                       lambda fr: bool(fr) and fr[-1].attributes.get("Frames") == 5)
+    os.kill(_stitch_child(edge.proc.pid), signal.SIGKILL)
+    for uid in range(6, 11):
+        source.publish(frame, uid, _pos(uid))
+        time.sleep(0.02)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 10)
+    assert [f.unique_id for f in got] == list(range(1, 11))  # no frame lost to the crash
+    collector.wait_value(prefix + "Edge:Message_RBV",
+                         lambda m: "stitching in the edge process" in m)
+    # the map goes on in the edge process: new frames are stitched again
+    for uid in range(11, 14):
+        source.publish(frame, uid, _pos(uid))
+        time.sleep(0.02)
+    collector.wait_for(prefix + "Edge:Stitched",
+                       lambda fr: fr[-1].unique_id == 13 and fr[-1].attributes["Frames"] >= 3)
+    assert collector.get(prefix + "Edge:Dropped_RBV") == 0
+    assert edge.alive()
