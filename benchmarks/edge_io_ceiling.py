@@ -13,8 +13,8 @@ machine whose source and client run elsewhere the edge has the cores to itself.
 
 Prints one JSON object per rate: ``delivered_fps`` (steady rate at the client, better
 of two passes), ``complete`` (every frame of both passes arrived), ``dropped``
-(``Edge:Dropped_RBV``: frames the edge had to let go, all counted) and the CPU time per
-frame of source, edge and client.
+(``Edge:Dropped_RBV`` after all three passes of a rate, the latency pass included: frames
+lost on the way, every one counted) and the CPU time per frame of source, edge and client.
 """
 
 from __future__ import annotations

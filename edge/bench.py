@@ -89,8 +89,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "stitched map")
     parser.add_argument("--stitch-process", action="store_true", help="run the edge with "
                         "--stitch-process (the map in a process of its own)")
-    parser.add_argument("--input-queue", type=int, default=64, help="the edge's "
-                        "--input-queue (updates the source holds for it)")
+    parser.add_argument("--input-queue", type=int, default=EdgeSettings().input_queue,
+                        help="the edge's --input-queue (updates the source holds for it)")
     parser.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                         help="int8: run engine and pipeline on a statically quantized copy "
                         "(ONNX Runtime, QDQ); the baseline stays float32 PyTorch. For "

@@ -1,11 +1,15 @@
 """The stitched map in a process of its own (``--stitch-process``).
 
 Stitching is the largest piece of Python work per frame in the edge (about
-35 us a patch hot in cache, 50-70 us in a running edge), and everything
+30 us a patch hot in cache, 50-70 us in a running edge), and everything
 Python in one process takes turns on one interpreter lock. At thousands of
 frames a second that turn is what limits the stream: with a do-nothing model
-on 2 cores shared with source and client, the edge carried 5,760 frames/s
-stitching itself and 7,000 with the same stitching load in another process.
+on 2 cores shared with source and client (``benchmarks/edge_io_ceiling.py``,
+a 7 kHz source), the edge delivered 5,800 frames/s stitching itself and 6,560
+with this process, none lost either way. At a few hundred frames/s, where the
+engine holds the cores, the extra copy and process cost about 2 % (int8
+engine on 2 cores: 0.86-0.88 of the engine against 0.88-0.90), so it is off
+by default.
 
 :class:`StitchProcess` has the :class:`~ptychoflow.edge.stitch.Stitcher`
 methods the publisher uses. Patches are copied into shared-memory slots and
