@@ -259,10 +259,10 @@ class EdgeService:
         """
         pix = self.served.info.pixel_size_m if self.served is not None else 0.0
         size = self.settings.stitch_max_size
-        if isinstance(self.stitcher, StitchProcess):
-            if pix > 0 and not in_process:
-                self.stitcher.repixel(pix)
-                return
+        if isinstance(self.stitcher, StitchProcess) and pix > 0 and not in_process:
+            self.stitcher.repixel(pix)
+            return
+        if self.stitcher is not None:
             self.stitcher.close()
         self.stitcher = None
         if pix > 0:
@@ -327,7 +327,7 @@ class EdgeService:
         if self.stitcher is not None and stitch_dirty:
             self._post_stitched()  # first: it may count refused patches as bad frames
         self._post_status(0.0, lat_window)
-        if isinstance(self.stitcher, StitchProcess):
+        if self.stitcher is not None:
             self.stitcher.close()
 
     def _emit(self, b: _Batch, lat_window: list[float]) -> bool:
@@ -362,7 +362,7 @@ class EdgeService:
                         stitched = True
                     except StitchError as exc:
                         self._bad(str(exc))
-            if isinstance(self.stitcher, StitchProcess):
+            if self.stitcher is not None:
                 self.stitcher.flush()
                 for why in self.stitcher.errors():
                     self._bad(why)
@@ -396,9 +396,8 @@ class EdgeService:
         f = self._last_pub
         try:
             img = self.stitcher.image()
-            if isinstance(self.stitcher, StitchProcess):
-                for why in self.stitcher.errors():  # all in: image() waited for the child
-                    self._bad(why)
+            for why in self.stitcher.errors():  # all in: image() waited for any child
+                self._bad(why)
         except StitchProcessError as exc:
             self._stitch_process_gone(exc)
             return

@@ -126,6 +126,18 @@ class Stitcher:
             self._w[r + 1:r + h, c + 1:c + w] += 1.0
         self.count += 1
 
+    # the publisher drives this and StitchProcess alike; in-process there is nothing
+    # queued, nothing refused later and nothing to stop
+    def flush(self) -> None:
+        """Nothing to hand on: every patch is placed by :meth:`add`."""
+
+    def errors(self) -> list[str]:
+        """None: :meth:`add` raises at once for a patch it cannot place."""
+        return []
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def image(self) -> np.ndarray:
         """The averaged map as float32 (0 where nothing was placed)."""
         out = np.zeros(self._sum.shape, dtype=np.float32)

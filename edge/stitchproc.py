@@ -65,6 +65,7 @@ def _serve(conn: Connection, pixel: float, max_size: int) -> None:
                     bad.append(str(exc))
             conn.send(("free", slot, bad))
         elif kind == "slots":
+            views = []  # no view may outlive the mapping it reads
             for shm in shms:
                 shm.close()
             _, names, shape = msg
