@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ptychoflow.ntnda import Frame, read_frame
+from ptychoflow.ntnda import Frame, is_placeholder, read_frame
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class InputMonitor:
         if not self.connected:
             self.connected = True
             self._on_status(f"connected to {self.pv}")
+        if is_placeholder(value):
+            return  # the source serves no image yet: nothing to process, nothing bad
         self.received += 1
         try:
             item = Incoming(read_frame(value), now)

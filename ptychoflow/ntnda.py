@@ -128,6 +128,23 @@ def timestamp_of(value: Value) -> float:
         float(value["dataTimeStamp.nanoseconds"]) * 1e-9
 
 
+def placeholder() -> Value:
+    """The value a detector's PV holds before its first frame: no data, ``uniqueId`` 0.
+
+    areaDetector's NDPluginPva and pvapy's servers start with such an empty
+    NTNDArray, and a client that subscribes before the first acquisition gets it.
+    """
+    return Value(_TYPE, {})
+
+
+def is_placeholder(value: Value) -> bool:
+    """True for a server's "no image yet" value (see :func:`placeholder`), not a frame."""
+    if int(value["uniqueId"]) != 0:
+        return False
+    raw = value["value"]
+    return raw is None or np.asarray(raw).size == 0
+
+
 def read_frame(value: Value) -> Frame:
     """Decode an NTNDArray value (as given to a monitor callback) into a :class:`Frame`.
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.epicsenv import pva_conf
-from ptychoflow.ntnda import make_frame, read_frame
+from ptychoflow.ntnda import make_frame, placeholder, read_frame
 
 PIXEL = 10e-9  # output pixel of the test models, metres
 
@@ -28,7 +28,8 @@ class FrameSource:
         from p4p.server import Server
         from p4p.server.thread import SharedPV
 
-        self.shared = SharedPV(initial=make_frame(np.zeros((1, 1), np.uint16), 0, 0.0))
+        # empty until the first frame, as areaDetector's NDPluginPva and pvapy serve it
+        self.shared = SharedPV(initial=placeholder())
         self.server = Server(providers=[{self.pv: self.shared}], conf=pva_conf(self.env),
                              useenv=False)
 
