@@ -5,11 +5,12 @@ from __future__ import annotations
 import queue
 
 import numpy as np
+import pytest
 from p4p.client.thread import Context
 from p4p.server import Server
 from p4p.server.thread import SharedPV
 
-from ptychoflow.ntnda import ImageStream, make_frame, read_frame
+from ptychoflow.ntnda import ImageStream, is_placeholder, make_frame, placeholder, read_frame
 
 
 def test_a_frame_round_trips() -> None:
@@ -19,6 +20,18 @@ def test_a_frame_round_trips() -> None:
     assert f.attributes["PositionX"] == 1e-7 and f.attributes["ScanId"] == 3
     np.testing.assert_array_equal(f.array, a)
     assert f.array.dtype == np.uint16
+
+
+def test_a_servers_empty_placeholder_is_told_from_a_frame() -> None:
+    # what areaDetector's NDPluginPva and pvapy serve before the first frame: no image to
+    # decode, and not a bad frame either
+    empty = placeholder()
+    assert is_placeholder(empty)
+    with pytest.raises(ValueError, match="no data"):
+        read_frame(empty)
+    # a real frame, even an empty one with an id (a bad frame), is not a placeholder
+    assert not is_placeholder(make_frame(np.zeros((0, 0), np.float32), 5))
+    assert not is_placeholder(make_frame(np.ones((2, 2), np.uint16), 1))
 
 
 def test_image_stream_refills_one_value_and_rebuilds_on_a_new_shape() -> None:
