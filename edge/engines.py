@@ -172,6 +172,11 @@ class OpenVINOEngine(Engine):
     PtychoNN the phase moved by 0.005 rad RMS, against the network's own
     0.17 rad error to rPIE. Elsewhere, or with ``half`` off, it computes in
     float32. One inference request, run by OpenVINO's own ``threads`` threads.
+
+    A statically quantized model (QDQ, as ``quantize_int8`` writes it) runs its
+    convolutions in int8 (VNNI); ``precision`` then says ``int8``. On a 2-core
+    AVX512-VNNI box with one thread it did 485 frames/s of the 128x128
+    PtychoNN against 316 for ONNX Runtime on the same int8 file.
     """
 
     name = "openvino"
@@ -191,10 +196,12 @@ class OpenVINOEngine(Engine):
             raise EngineError(f"{path.name} has {len(model.inputs)} inputs; the edge runs "
                               "networks with exactly one input [B, 1, H, W]")
         caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        self.precision = "bf16" if half and "BF16" in caps else "fp32"
+        between = "bf16" if half and "BF16" in caps else "fp32"  # what is not quantized
+        quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        self.precision = "int8" if quantized else between
         config = {"INFERENCE_NUM_THREADS": cpu_threads(threads), "NUM_STREAMS": 1,
                   "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+                  "INFERENCE_PRECISION_HINT": "bf16" if between == "bf16" else "f32"}
         try:
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as exc:
@@ -204,7 +211,8 @@ class OpenVINOEngine(Engine):
         self.input_shape = _dims(model.inputs[0].get_partial_shape())
         self.outputs = [(o.get_any_name(), _dims(o.get_partial_shape())) for o in model.outputs]
         self._ports = list(self.compiled.outputs)
-        self.providers = [f"CPU {self.precision}"]
+        self.providers = [f"CPU {self.precision}" + (f", {between} between" if quantized
+                                                     else "")]
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         # infer() copies the outputs out of the request's buffers (share_outputs=False)

@@ -28,3 +28,19 @@ def test_bench_edge_accounts_for_every_frame():
     assert set(r["cpu_ms_per_frame"]) == {"source", "edge", "client"}
     assert all(v >= 0 for v in r["cpu_ms_per_frame"].values())
     assert r["scheduling"] == "batch" and r["precision"] == "fp32"
+
+
+def test_bench_edge_int8_on_openvino_reports_what_it_ran():
+    pytest.importorskip("openvino")
+    out = subprocess.run(
+        [sys.executable, "-m", "ptychoflow.cli", "bench", "edge", "--json", "--frames", "60",
+         "--size", "64", "--seconds", "0.5", "--no-baseline", "--engine", "openvino",
+         "--precision", "int8", "--threads", "1"],
+        capture_output=True, text=True, timeout=220, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["complete"] and r["dropped"] == 0 and r["bad_frames"] == 0
+    assert r["precision"] == "int8" and r["engine"].startswith("openvino (CPU int8")
+    assert "streams" not in r["engine"]  # one thread: one engine, no side-by-side streams
+    # the quantized copy, run by OpenVINO, against float32 ONNX Runtime
+    assert 0 < r["int8_max_abs_error_rad"] < 10
