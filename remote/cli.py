@@ -73,6 +73,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("scan", help="scan file")
     p.add_argument("--reconstruction", default=None, help="that scan's reconstruction")
     p.set_defaults(func=evaluate)
+    p = sub.add_parser("quantize", help="an int8 copy of a model (model-vN-int8.onnx) for CPU "
+                                        "edges, calibrated on a scan's frames")
+    p.add_argument("model", help="model-vN.onnx with its card")
+    p.add_argument("scan", help="scan file (.h5) taken for this model")
+    p.add_argument("--calibration-frames", type=int, default=256,
+                   help="frames to calibrate on (others of the scan measure the error)")
+    p.set_defaults(func=quantize)
     for sp in sub.choices.values():
         add_arguments(sp, RemoteSettings)
 
@@ -128,6 +135,19 @@ def _run(stage: str) -> Any:
         print(json.dumps(result, indent=2, default=str))
         return 0
     return run
+
+
+def quantize(args: argparse.Namespace) -> int:
+    """Write the int8 copy and its card; print what was done, with the error it costs."""
+    from ptychoflow.remote.quantize import quantize_model
+
+    try:
+        out = quantize_model(args.model, args.scan, args.calibration_frames)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"ptychoflow remote quantize: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
