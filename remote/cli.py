@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -137,28 +138,29 @@ def _run(stage: str) -> Any:
     return run
 
 
+def _report(command: str, work: Callable[[], dict[str, Any]]) -> int:
+    """Run ``work`` and print its record as JSON; bad input: the cause on stderr, exit 1."""
+    try:
+        out = work()
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"ptychoflow remote {command}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
 def quantize(args: argparse.Namespace) -> int:
     """Write the int8 copy and its card; print what was done, with the error it costs."""
     from ptychoflow.remote.quantize import quantize_model
 
-    try:
-        out = quantize_model(args.model, args.scan, args.calibration_frames)
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"ptychoflow remote quantize: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(out, indent=2))
-    return 0
+    return _report("quantize", lambda: quantize_model(args.model, args.scan,
+                                                      args.calibration_frames))
 
 
 def evaluate(args: argparse.Namespace) -> int:
     """Print the quality figures of a model or checkpoint on a scan."""
-    try:
-        q = evaluate_model(args.model, args.scan, args.reconstruction)
-    except (ValueError, RuntimeError, OSError) as exc:
-        print(f"ptychoflow remote evaluate: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(q, indent=2, default=str))
-    return 0
+    return _report("evaluate", lambda: evaluate_model(args.model, args.scan,
+                                                      args.reconstruction))
 
 
 def evaluate_model(model: str, scan_path: str, reconstruction: str | None) -> dict[str, Any]:
