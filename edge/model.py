@@ -24,12 +24,15 @@ class ModelError(ValueError):
     """A model that cannot be served; the message says why and what to do."""
 
 
-def resolve_model_path(spec: str, model_dir: str | os.PathLike[str]) -> Path:
+def resolve_model_path(spec: str, model_dir: str | os.PathLike[str],
+                       int8: bool = False) -> Path:
     """A model path or version number -> an existing ``.onnx`` file inside ``model_dir``.
 
     The edge only ever loads from its model folder: a PV put can name any
     path, and a typo or a hostile put must not make it execute a file from
-    elsewhere.
+    elsewhere. With ``int8`` a version number names ``model-vN-int8.onnx``
+    where that copy exists (``ptychoflow remote quantize``), else ``model-vN.onnx``;
+    the file served is named in ``Message_RBV``.
     """
     folder = Path(model_dir).resolve()
     spec = spec.strip()
@@ -37,6 +40,9 @@ def resolve_model_path(spec: str, model_dir: str | os.PathLike[str]) -> Path:
         raise ModelError("no model given; put a path inside the model folder or a version")
     if spec.isdigit():
         path = model_file(folder, int(spec))
+        copy = path.with_name(f"{path.stem}-int8.onnx")
+        if int8 and copy.is_file():
+            path = copy
     else:
         p = Path(spec).expanduser()
         path = p if p.is_absolute() else folder / p

@@ -55,7 +55,7 @@ def _inspect(path: Path, settings: EdgeSettings, model_dir: Path) -> Engine:
 
 def prepare(spec: str, settings: EdgeSettings, model_dir: Path) -> Served:
     """Load, check and warm up the model ``spec`` (path or version); raises ModelError."""
-    path = resolve_model_path(spec, model_dir)
+    path = resolve_model_path(spec, model_dir, settings.int8)
     try:
         engine = _inspect(path, settings, model_dir)
     except (EngineError, OSError) as exc:
@@ -166,7 +166,8 @@ class HotSwapper:
         if self.busy:
             raise ValueError("a model is already being loaded; wait for Message_RBV to say "
                              "it is done")
-        resolve_model_path(spec, self._model_dir)  # refuse bad paths at the put itself
+        # refuse bad paths at the put itself
+        resolve_model_path(spec, self._model_dir, self._settings.int8)
         self._thread = threading.Thread(target=self._load, args=(spec,), daemon=True,
                                         name="edge-swap")
         self._thread.start()

@@ -134,6 +134,7 @@ class ControlIoc:
             "data_root": str(self.settings.data_path),
             "model_dir": str(self.work / "models"),
             "train_dir": str(self.work / "training"),
+            "int8": bool(self.settings.int8_models),
         }
 
     def _launch(self, path: str) -> None:

@@ -31,6 +31,9 @@ class IocSettings:
     writers: list[str] = setting([], "users allowed to write control PVs "
                                      "(empty: everyone; reading is always open)")
     writer_hosts: list[str] = setting([], "hosts allowed to write control PVs (empty: any host)")
+    int8_models: bool = setting(False, "each exported model gets an int8 copy, "
+                                       "model-vN-int8.onnx, which an edge run with --int8 "
+                                       "serves (faster on CPU edges)")
     poll_s: float = setting(0.5, "how often Auto mode looks for new scan files (s)")
     abort_grace_s: float = setting(3.0, "how long an aborted stage may take to stop before "
                                         "its worker process is terminated (s)")

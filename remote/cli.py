@@ -48,6 +48,8 @@ class RemoteSettings:
     model_dir: str = setting("models", "folder of model-vN.onnx and their cards")
     seed: int = setting(0, "random seed")
     tensorrt: bool = setting(True, "build a TensorRT engine where TensorRT and a GPU exist")
+    int8: bool = setting(False, "export also writes model-vN-int8.onnx, calibrated on the scan, "
+                                "for CPU edges (ptychoflow edge --int8 serves it)")
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -78,11 +78,14 @@ def _phase_change(fp32: Path, int8: Path, card: ModelCard, frames: np.ndarray
 
 
 def quantize_model(model: str | os.PathLike[str], scan: str | os.PathLike[str],
-                   calibration: int = CALIBRATION_FRAMES) -> dict[str, Any]:
+                   calibration: int = CALIBRATION_FRAMES,
+                   frames: np.ndarray | None = None) -> dict[str, Any]:
     """Write ``model-vN-int8.onnx`` and its card beside ``model``; returns what was done.
 
-    Raises :class:`QuantizeError` (a ``ValueError``) for a model without a valid card or
-    a scan whose frames the model cannot take; nothing is written then.
+    ``frames``: the scan's detector frames when the caller has read them already
+    (``scan`` is then only recorded). Raises :class:`QuantizeError` (a
+    ``ValueError``) for a model without a valid card or a scan whose frames the
+    model cannot take; nothing is written then.
     """
     from ptychoflow.edge.onnxmodels import quantize_int8
 
@@ -100,7 +103,7 @@ def quantize_model(model: str | os.PathLike[str], scan: str | os.PathLike[str],
                             f"{card.provenance['quantized_from']}; quantize that one")
     if calibration < 1:
         raise QuantizeError(f"calibration frames must be at least 1, got {calibration}")
-    data = read_scan(scan).data
+    data = read_scan(scan).data if frames is None else frames
     pre = card.preprocessing
     try:
         pre.check_frame_shape(data.shape[1:])

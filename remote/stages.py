@@ -166,6 +166,14 @@ def export(scan_path: str, workdir: str, params: Params,
         version=int(version) if version not in (None, "") else None,
         metrics={"quality": quality, "quality_scan": str(path)},
         build_tensorrt=bool(params.get("tensorrt", True)))
+    if params.get("int8"):
+        from ptychoflow.remote.quantize import quantize_model
+
+        if progress is not None:
+            progress(0.8, message="quantizing an int8 copy")
+        q = quantize_model(result["model"], path, frames=scan.data)
+        result["int8_model"] = q["model"]
+        result["int8_phase_change_rms_rad"] = q["int8_phase_change_rms_rad"]
     if progress is not None:
         progress(1.0, message=f"model v{result['version']} exported")
     result["quality"] = quality

@@ -42,6 +42,17 @@ def test_paths_resolve_inside_the_folder_only(folder: Path, tmp_path: Path) -> N
         resolve_model_path("model-v1.json", folder)
 
 
+def test_with_int8_a_version_names_its_int8_copy_where_one_exists(folder: Path) -> None:
+    assert resolve_model_path("1", folder, int8=True) == (folder / "model-v1.onnx").resolve()
+    affine_model(folder / "model-v1-int8.onnx", 16)
+    assert resolve_model_path("1", folder, int8=True) == \
+        (folder / "model-v1-int8.onnx").resolve()
+    assert resolve_model_path("1", folder) == (folder / "model-v1.onnx").resolve()
+    # a path is taken as given
+    assert resolve_model_path("model-v1.onnx", folder, int8=True) == \
+        (folder / "model-v1.onnx").resolve()
+
+
 def _settings(**kw: object) -> EdgeSettings:
     return EdgeSettings(threads=1, **kw)  # type: ignore[arg-type]
 

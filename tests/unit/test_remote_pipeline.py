@@ -173,9 +173,18 @@ def test_export_is_faithful_and_carded(work: dict[str, Any], trained: dict[str, 
     for b in (1, 5):  # dynamic batch axis
         out = sess.run(None, {"diffraction": np.zeros((b, 1, 64, 64), np.float32)})
         assert out[0].shape == (b, 1, 64, 64)
-    # the next export takes the next free number; an existing version is never overwritten
-    r2 = stages.export(p["path"], str(work["dir"]), params)
+    assert "int8_model" not in r
+    # the next export takes the next free number; an existing version is never overwritten.
+    # With int8 it also writes the int8 copy, with its own card, which an --int8 edge serves
+    r2 = stages.export(p["path"], str(work["dir"]), {**params, "int8": True})
     assert r2["version"] == 2
+    copy = Path(r2["int8_model"])
+    assert copy.name == "model-v2-int8.onnx"
+    ModelCard.load(copy.with_suffix(".json")).verify_file(copy)
+    assert 0 < r2["int8_phase_change_rms_rad"] < 1
+    from ptychoflow.edge.model import resolve_model_path
+
+    assert resolve_model_path("2", model_dir, int8=True) == copy.resolve()
     with pytest.raises(RuntimeError, match="already exists"):
         stages.export(p["path"], str(work["dir"]), {**params, "version": 1})
     assert ModelCard.load(r["card"]).sha256 == r["sha256"]

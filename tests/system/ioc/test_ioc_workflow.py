@@ -62,7 +62,7 @@ def wait_final(pva: Any, ioc: Any, timeout: float = 60, run: int = 0) -> str:
 
 
 def test_full_run_goes_through_every_state_and_registers_the_model(iocs, pva):
-    ioc = iocs.start()
+    ioc = iocs.start(int8_models=True)  # the stages are told to make an int8 copy too
     scan = make_scan(ioc.data / "scan-001.h5")
     pva.put(ioc.pv("Recon:Epochs"), 5)
     pva.put(ioc.pv("Train:Epochs"), 4)
@@ -96,6 +96,7 @@ def test_full_run_goes_through_every_state_and_registers_the_model(iocs, pva):
         "SELECT scan, params, results FROM runs WHERE id=?", (run_id,)).fetchone()
     assert scan_db == str(scan)
     assert '"recon_epochs": 5' in params and '"algorithm": "rPIE"' in params
+    assert '"int8": true' in params
     assert "reconstruction" in results and "checkpoint" in results
     events = [r[0] for r in db.execute("SELECT state FROM events WHERE run_id=? ORDER BY rowid",
                                        (run_id,))]
