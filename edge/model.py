@@ -30,9 +30,9 @@ def resolve_model_path(spec: str, model_dir: str | os.PathLike[str],
 
     The edge only ever loads from its model folder: a PV put can name any
     path, and a typo or a hostile put must not make it execute a file from
-    elsewhere. With ``int8`` a version number names ``model-vN-int8.onnx``
-    where that copy exists (``ptychoflow remote quantize``), else ``model-vN.onnx``;
-    the file served is named in ``Message_RBV``.
+    elsewhere. With ``int8``, ``model-vN.onnx`` (by path, as the IOC deploys,
+    or by version) stands for ``model-vN-int8.onnx`` where that copy exists
+    (``ptychoflow remote quantize``); the file served is named in ``Message_RBV``.
     """
     folder = Path(model_dir).resolve()
     spec = spec.strip()
@@ -40,13 +40,14 @@ def resolve_model_path(spec: str, model_dir: str | os.PathLike[str],
         raise ModelError("no model given; put a path inside the model folder or a version")
     if spec.isdigit():
         path = model_file(folder, int(spec))
-        copy = path.with_name(f"{path.stem}-int8.onnx")
-        if int8 and copy.is_file():
-            path = copy
     else:
         p = Path(spec).expanduser()
         path = p if p.is_absolute() else folder / p
     path = path.resolve()
+    if int8 and version_of(path) is not None:
+        copy = path.with_name(f"{path.stem}-int8.onnx")
+        if copy.is_file():
+            path = copy.resolve()  # checked below like any other path
     if not path.is_relative_to(folder):
         raise ModelError(f"model {path} is outside the model folder {folder}; copy it there "
                          "or set model_dir")

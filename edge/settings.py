@@ -55,9 +55,9 @@ class EdgeSettings:
                                        "lets the stream's I/O wait for the end of the engine's "
                                        "time slice instead of preempting it at every frame",
                               choices=POLICIES)
-    int8: bool = setting(False, "a version number (Edge:Model:Load N, the IOC's deploy) loads "
-                                "model-vN-int8.onnx where that copy exists (for CPU edges; see "
-                                "ptychoflow remote quantize)")
+    int8: bool = setting(False, "serve model-vN-int8.onnx in place of model-vN.onnx wherever "
+                                "that copy exists (--model, Edge:Model:Load, the IOC's deploy; "
+                                "for CPU edges, see ptychoflow remote quantize)")
     trt_cache_dir: str = setting("", "TensorRT engine cache folder (default: <model_dir>/.trt)")
 
     def __post_init__(self) -> None:

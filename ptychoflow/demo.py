@@ -39,6 +39,8 @@ class DemoSettings:
     recon_epochs: int = setting(40, "rPIE epochs per scan")
     train_epochs: int = setting(30, "training epochs per scan")
     timeout: float = setting(1800.0, "give up after this many seconds per run")
+    int8: bool = setting(False, "each export also writes an int8 copy and the edge serves it "
+                                "(the IOC's int8_models, the edge's --int8)")
 
     def __post_init__(self) -> None:
         if self.scans < 1:
@@ -182,14 +184,16 @@ class Demo:
         cfg = self.root / "ptychoflow.toml"
         cfg.write_text(
             f'[ioc]\nprefix = "{self.p}"\ndata_root = "{self.scans_dir}"\n'
-            f'work_root = "{self.work}"\nedge_prefix = "{self.p}"\n')
+            f'work_root = "{self.work}"\nedge_prefix = "{self.p}"\n'
+            f'int8_models = {"true" if self.s.int8 else "false"}\n')
         self.procs.start("ioc", ["--config", str(cfg), "ioc"])
         self.wait_pv("Workflow:State_RBV", timeout=120)
         self.say(f"IOC up: {self.p}Workflow:* over CA and PVA")
         models = self.work / "models"
         models.mkdir(parents=True, exist_ok=True)
         self.procs.start("edge", ["edge", "--prefix", self.p, "--input", self.p + "Pva1:Image",
-                                  "--model-dir", str(models)])
+                                  "--model-dir", str(models)]
+                         + (["--int8"] if self.s.int8 else []))
         self.wait_pv("Edge:Processed_RBV", timeout=120)
         self.ctx = Context("pva", conf=pva_conf(self.env), useenv=False)
         end = time.monotonic() + 60
@@ -279,7 +283,10 @@ class Demo:
                 raise RuntimeError(f"the edge did not load model v{version}: "
                                    f"{self.get('Edge:Message_RBV')}")
             time.sleep(0.2)
-        self.say(f"edge now serves model v{version} (hot swap, no restart)")
+        msg = str(self.get("Edge:Message_RBV"))  # "now serving model-vN[-int8].onnx (version N)"
+        served = msg.split()[2] if msg.startswith("now serving") else ""
+        self.say(f"edge now serves model v{version}" + (f" ({served})" if served else "")
+                 + " (hot swap, no restart)")
 
     def save_stitched(self) -> Path | None:
         import numpy as np

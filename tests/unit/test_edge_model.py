@@ -42,15 +42,22 @@ def test_paths_resolve_inside_the_folder_only(folder: Path, tmp_path: Path) -> N
         resolve_model_path("model-v1.json", folder)
 
 
-def test_with_int8_a_version_names_its_int8_copy_where_one_exists(folder: Path) -> None:
-    assert resolve_model_path("1", folder, int8=True) == (folder / "model-v1.onnx").resolve()
-    affine_model(folder / "model-v1-int8.onnx", 16)
-    assert resolve_model_path("1", folder, int8=True) == \
-        (folder / "model-v1-int8.onnx").resolve()
-    assert resolve_model_path("1", folder) == (folder / "model-v1.onnx").resolve()
-    # a path is taken as given
-    assert resolve_model_path("model-v1.onnx", folder, int8=True) == \
-        (folder / "model-v1.onnx").resolve()
+def test_with_int8_a_model_stands_for_its_int8_copy_where_one_exists(folder: Path,
+                                                                     tmp_path: Path) -> None:
+    plain, copy = (folder / "model-v1.onnx").resolve(), (folder / "model-v1-int8.onnx").resolve()
+    assert resolve_model_path("1", folder, int8=True) == plain  # no copy yet
+    affine_model(copy, 16)
+    # by version and by path (the IOC deploys the registered path)
+    for spec in ("1", "model-v1.onnx", str(plain)):
+        assert resolve_model_path(spec, folder, int8=True) == copy
+        assert resolve_model_path(spec, folder) == plain
+    assert resolve_model_path("model-v1-int8.onnx", folder) == copy
+    # a copy that links out of the folder is refused like any such path
+    copy.unlink()
+    outside = affine_model(tmp_path / "evil" / "model-v1-int8.onnx", 16)
+    os.symlink(outside, copy)
+    with pytest.raises(ModelError, match="outside the model folder"):
+        resolve_model_path("1", folder, int8=True)
 
 
 def _settings(**kw: object) -> EdgeSettings:
