@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ptychoflow.modelcard import ModelCard, ModelCardError, card_path, model_file, version_of
+from ptychoflow.modelcard import (
+    ModelCard,
+    ModelCardError,
+    card_path,
+    int8_path,
+    model_file,
+    version_of,
+)
 from ptychoflow.preprocess import Preprocess
 
 Dim = int | None
@@ -45,7 +52,7 @@ def resolve_model_path(spec: str, model_dir: str | os.PathLike[str],
         path = p if p.is_absolute() else folder / p
     path = path.resolve()
     if int8 and version_of(path) is not None:
-        copy = path.with_name(f"{path.stem}-int8.onnx")
+        copy = int8_path(path)
         if copy.is_file():
             path = copy.resolve()  # checked below like any other path
     if not path.is_relative_to(folder):

@@ -47,6 +47,12 @@ def model_file(folder: str | os.PathLike[str], version: int) -> Path:
     return Path(folder) / f"model-v{version}.onnx"
 
 
+def int8_path(model_path: str | os.PathLike[str]) -> Path:
+    """``model-v3.onnx`` -> ``model-v3-int8.onnx`` (made by ``ptychoflow remote quantize``)."""
+    p = Path(model_path)
+    return p.with_name(f"{p.stem}-int8.onnx")
+
+
 def version_of(path: str | os.PathLike[str]) -> int | None:
     """The version in a ``model-vN.onnx`` file name, or ``None``."""
     m = _VERSION_RE.search(str(path))

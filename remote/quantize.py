@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychoflow.modelcard import ModelCard, ModelCardError, card_path, sha256_file
+from ptychoflow.modelcard import ModelCard, ModelCardError, card_path, int8_path, sha256_file
 from ptychoflow.remote._files import atomic_path
 from ptychoflow.scanfile import read_scan
 
@@ -35,12 +35,6 @@ HELD_OUT_FRAMES = 64
 
 class QuantizeError(ValueError):
     """A model or scan that cannot give an int8 copy; the message says what to change."""
-
-
-def int8_path(model: str | os.PathLike[str]) -> Path:
-    """``model-v3.onnx`` -> ``model-v3-int8.onnx``."""
-    p = Path(model)
-    return p.with_name(f"{p.stem}-int8.onnx")
 
 
 def _split(n: int, calibration: int) -> tuple[np.ndarray, np.ndarray]:
