@@ -87,13 +87,15 @@ class InputMonitor:
         if not self.connected:
             self.connected = True
             self._on_status(f"connected to {self.pv}")
-        if is_placeholder(value):
-            return  # the source serves no image yet: nothing to process, nothing bad
-        self.received += 1
         try:
             item = Incoming(read_frame(value), now)
         except (ValueError, KeyError, TypeError) as exc:
+            # checked only here, off the per-frame path: a value that decodes goes on, and
+            # the service skips uniqueId 0 as a placeholder whatever it carries
+            if is_placeholder(value):
+                return  # the source serves no image yet: nothing to process, nothing bad
             item = Incoming(None, now, f"undecodable frame from {self.pv}: {exc}")
+        self.received += 1
         self._sink(item)
 
     def close(self) -> None:

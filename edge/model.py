@@ -92,7 +92,7 @@ class ModelInfo:
         return self.card is not None
 
 
-def _pick_outputs(names: Sequence[str]) -> tuple[int, int | None]:
+def pick_outputs(names: Sequence[str]) -> tuple[int, int | None]:
     """Index of the phase output and of the amplitude output (if any).
 
     Names containing "phase"/"amp" decide; otherwise the first output is the
@@ -136,7 +136,7 @@ def describe_model(path: Path, input_name: str, input_shape: Sequence[object],
     out_names = tuple(n for n, _ in outputs)
     for name, oshape in outputs:
         _check_image_output(name, [_dim(d) for d in oshape], h, w)
-    phase, amp = _pick_outputs(out_names)
+    phase, amp = pick_outputs(out_names)
     card: ModelCard | None = None
     cpath = card_path(path)
     if cpath.exists():

@@ -13,7 +13,8 @@ written into the copy's card, so whoever deploys it sees the price first.
 The copy keeps the model's version (the same trained network) and gets a card
 of its own with its own checksum; the card is renamed into place before the
 ONNX file, as export does, so the edge never finds the copy without its card.
-Load it on the edge by path: ``Edge:Model:Load model-v3-int8.onnx``.
+Load it on the edge by path (``Edge:Model:Load model-v3-int8.onnx``), or run the
+edge with ``--int8`` to have it stand in for ``model-v3.onnx``.
 """
 
 from __future__ import annotations
@@ -51,21 +52,21 @@ def _split(n: int, calibration: int) -> tuple[np.ndarray, np.ndarray]:
     return cal, held
 
 
-def _phase_index(card: ModelCard) -> int:
-    names = [o.name for o in card.outputs]
-    return next((i for i, n in enumerate(names) if "phase" in n.lower()), 0)
+def _phase_change(fp32: Path, int8: Path, frames: np.ndarray) -> dict[str, float]:
+    """RMS and largest change of the phase output (the one the edge publishes as phase),
+    int8 against float32, in radians.
+    """
+    from ptychoflow.edge.engines import OrtEngine
+    from ptychoflow.edge.model import pick_outputs
 
-
-def _phase_change(fp32: Path, int8: Path, card: ModelCard, frames: np.ndarray
-                  ) -> dict[str, float]:
-    """RMS and largest change of the phase output, int8 against float32, in radians."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    k = _phase_index(card)
-    out = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
-           .run(None, {card.input.name: frames})[k] for p in (fp32, int8)]
+    out = []
+    for path in (fp32, int8):
+        engine = OrtEngine(path)
+        try:
+            # the model's own output order, as the edge reads it
+            out.append(engine.infer(frames)[pick_outputs([n for n, _ in engine.outputs])[0]])
+        finally:
+            engine.close()
     diff = np.abs(out[1].astype(np.float64) - out[0])
     return {"int8_phase_change_rms_rad": round(float(np.sqrt(np.mean(diff ** 2))), 5),
             "int8_phase_change_max_rad": round(float(diff.max()), 5)}
@@ -111,7 +112,7 @@ def quantize_model(model: str | os.PathLike[str], scan: str | os.PathLike[str],
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
     try:
         quantize_int8(src, tmp, cal, input_name=card.input.name)
-        change = _phase_change(src, tmp, card, held)
+        change = _phase_change(src, tmp, held)
         new = dataclasses.replace(
             card, model_file=dst.name, sha256=sha256_file(tmp),
             metrics={**card.metrics, **change},
