@@ -22,7 +22,14 @@ onnx helper API where torch is not installed):
   ``--latency-load`` of the measured pipeline rate;
 * ``cpu_ms_per_frame``: CPU time of the source, the edge and the client per
   frame over the kept pass. All three share this machine's cores; on a
-  beamline source and client run elsewhere.
+  beamline source and client run elsewhere;
+* ``edge_threads_us_per_frame``: the edge's CPU per frame thread by thread
+  (``edge-input`` decodes, ``edge-collect`` checks and preprocesses,
+  ``edge-infer_N`` run the engine, ``edge-publish`` posts and stitches,
+  ``PVX*`` are pvAccess's network threads, ``edge-stitch`` is a separate
+  process and not counted). The Python threads share one interpreter lock,
+  released only inside NumPy and the engine, so where an engine is fast
+  their per-frame time, not the cores, bounds what one edge process carries.
 """
 
 from __future__ import annotations
@@ -263,6 +270,20 @@ def _cpu_s(pid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of process ``pid`` so far, summed by thread name."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _steady_rate(times: list[float]) -> float:
     """Frames per second between the 10th and the 90th percentile frame of a pass.
 
@@ -344,17 +365,20 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
 
         pids = {"source": procs[0].pid, "edge": procs[1].pid, "client": None}
 
-        def one_pass(rate: float) -> tuple[list[tuple[float, int, float]], dict[str, float]]:
+        def one_pass(rate: float) -> tuple[list[tuple[float, int, float]], dict[str, float],
+                                           dict[str, float]]:
             """One acquisition; ends when all n arrived or nothing came for 5 s after it.
 
             Also returns each process's CPU per frame from the first prediction to the
-            last (the source prepares a new scan before streaming; that is left out).
+            last (the source prepares a new scan before streaming; that is left out),
+            and the edge's by thread name.
             """
             ctx.put(p + "cam1:AcquireRate", float(rate), timeout=5.0)
             ctx.put(p + "cam1:Acquire", 1, timeout=5.0)
             rows: list[tuple[float, int, float]] = []
             last = [time.monotonic()]
             cpu0: dict[str, float] = {}
+            threads0: dict[str, float] = {}
             at_first = [0]
 
             def done() -> bool:
@@ -362,6 +386,7 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                 if new:
                     if not rows:
                         cpu0.update({k: _cpu_s(v) for k, v in pids.items()})
+                        threads0.update(_thread_cpu_s(procs[1].pid))
                         at_first[0] = len(new)
                     rows.extend(new)
                     last[0] = time.monotonic()
@@ -373,19 +398,23 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             frames = max(1, len(rows) - at_first[0])
             cpu_ms = {k: round(1000.0 * (_cpu_s(v) - cpu0.get(k, 0.0)) / frames, 3)
                       for k, v in pids.items()}
+            spent = {k: v - threads0.get(k, 0.0)
+                     for k, v in _thread_cpu_s(procs[1].pid).items()}
+            threads_us = {k: round(1e6 * v / frames, 1)
+                          for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
             _wait(lambda: int(ctx.get(p + "cam1:Acquire", timeout=2.0)["value"]) == 0, 30,
                   "end of the acquisition", logs)
-            return rows, cpu_ms
+            return rows, cpu_ms, threads_us
 
         # two throughput passes, the better one kept, as the engine is timed twice
         passes = []
         for _ in range(2):
-            rows, cpu_ms = one_pass(args.rate or args.rate_factor * engine_rate)
-            passes.append((_steady_rate([r[0] for r in rows]), rows, cpu_ms))
+            rows, cpu_ms, threads_us = one_pass(args.rate or args.rate_factor * engine_rate)
+            passes.append((_steady_rate([r[0] for r in rows]), rows, cpu_ms, threads_us))
         complete = all(sorted(r[1] for r in rows) == list(range(1, n + 1))
-                       for _, rows, _ in passes)
-        fps, rows, cpu_ms = max(passes, key=lambda ps: ps[0])
-        lat_rows, _ = one_pass(args.latency_load * fps)
+                       for _, rows, _, _ in passes)
+        fps, rows, cpu_ms, threads_us = max(passes, key=lambda ps: ps[0])
+        lat_rows, _, _ = one_pass(args.latency_load * fps)
         lat = np.array([(r[0] - r[2]) * 1000.0 for r in lat_rows])
         time.sleep(1.0)
         dropped = int(ctx.get(p + "Edge:Dropped_RBV", timeout=5.0)["value"])
@@ -397,7 +426,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                 "latency_rate_hz": round(float(args.latency_load * fps), 1),
                 "pipeline_frames": len(rows), "latency_frames": len(lat_rows),
                 "complete": complete,
-                "dropped": dropped, "bad_frames": bad, "cpu_ms_per_frame": cpu_ms}
+                "dropped": dropped, "bad_frames": bad, "cpu_ms_per_frame": cpu_ms,
+                "edge_threads_us_per_frame": threads_us}
     finally:
         ctx.close()
         for proc in reversed(procs):
@@ -408,6 +438,23 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def _gpu_name() -> str:
+    """The CUDA card's name, so a GPU figure is quoted with its card ("" where none is seen)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(0))
+    except ImportError:
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return ""
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -439,6 +486,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "source_tick_ms": args.source_tick_ms,
         "cores": len(os.sched_getaffinity(0)),
         "cpu": platform.processor() or platform.machine(),
+        **({"gpu": _gpu_name()} if gpu else {}),
         "precision": precision, "engine_fps": round(eng_fps, 1),
         "engine_fps_runs": [round(eng_before, 1), round(eng_after, 1)], **pipe,
         "baseline_fps": round(base, 1) if base is not None else None,

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ptychoflow.edge.scheduling import name_os_thread
 from ptychoflow.ntnda import Frame, is_placeholder, read_frame
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class InputMonitor:
         self.pv = ""
         self.connected = False
         self.received = 0
+        self._named = threading.local()  # p4p runs callbacks on a pool of threads
 
     def follow(self, pv: str) -> None:
         """Start following ``pv`` (stops following the previous one)."""
@@ -77,6 +79,11 @@ class InputMonitor:
                 self._on_status(f"following {pv}; waiting for the source")
 
     def _callback(self, value: Any) -> None:
+        if not getattr(self._named, "done", False):
+            # p4p's pool threads are all "python" to the system; per-thread CPU
+            # (top -H, the benchmark's breakdown) should say which one decodes frames
+            self._named.done = True
+            name_os_thread("edge-input")
         if isinstance(value, Exception):
             if self.connected:
                 self.connected = False

@@ -66,6 +66,14 @@ def test_predictions_carry_ids_and_stitched_map_matches_object(
     collector.wait_for(prefix + "Edge:Stitched",
                        lambda fr: fr[-1].attributes.get("Frames") == 0)
     assert edge.alive()
+    # every thread that handles frames says which it is (top -H, the benchmark's breakdown)
+    names = set()
+    for task in Path(f"/proc/{edge.proc.pid}/task").iterdir():
+        try:
+            names.add((task / "comm").read_text().strip())
+        except OSError:
+            continue
+    assert {"edge-input", "edge-collect", "edge-publish"} <= names, names
 
 
 def _pos(i: int) -> dict[str, float]:
