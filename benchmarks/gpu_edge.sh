@@ -44,7 +44,8 @@ step() {  # step NAME COMMAND...: one measurement, its last line kept as NAME.js
     local name=$1
     shift
     echo "== $name: $*"
-    timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
+    # SIGINT, not TERM: Python then runs its finally blocks, which stop the source and edge
+    timeout -s INT -k 20 "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
     grep '^{' "$out/$name.log" >"$out/$name.json"
     cat "$out/$name.json"
