@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ptychoflow.edge import bench
 from ptychoflow.edge.onnxmodels import affine_model, write_card
+from ptychoflow.edge.pipelinebench import pipeline
 from ptychoflow.preprocess import Preprocess
 
 
@@ -44,7 +45,7 @@ def main() -> None:
         write_card(model, 1, Preprocess(input_size=args.size), bench.PIXEL)
         for rate in args.rates:
             args.rate = rate
-            r = bench.pipeline(model, args, rate, tmp)
+            r = pipeline(model, args, rate, tmp)
             print(json.dumps({
                 "rate_hz": rate, "stitch": not args.no_stitch,
                 "stitch_process": args.stitch_process, "input_queue": args.input_queue,

@@ -41,9 +41,7 @@ import argparse
 import os
 import platform
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -52,15 +50,12 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.edge.onnxmodels import ptychonn_graph, quantize_int8, write_card
+from ptychoflow.edge.pipelinebench import pipeline
 from ptychoflow.edge.scheduling import (
     POLICIES,
-    current_policy,
-    level_realtime_threads,
-    set_policy,
 )
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.swap import prepare
-from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
 from ptychoflow.preprocess import Preprocess
 
 HELP = "edge: engine, pipeline (PVA in -> Edge:Phase out) and PyTorch baseline frames/s"
@@ -242,205 +237,6 @@ def baseline_fps(net: Any, args: argparse.Namespace) -> tuple[float | None, int]
             best, best_threads = fps, threads
     torch.set_num_threads(saved)
     return best, best_threads
-
-
-class _Receiver:
-    """Counts Edge:Phase updates: receipt time, uniqueId and source time stamp."""
-
-    def __init__(self, ctx: Any, pv: str) -> None:
-        self.lock = threading.Lock()
-        self.rows: list[tuple[float, int, float]] = []
-        self.sub = ctx.monitor(pv, self._cb, request="record[queueSize=10000]")
-
-    def _cb(self, v: Any) -> None:
-        now = time.time()
-        uid = int(v["uniqueId"])
-        if uid == 0:
-            return
-        ts = v["dataTimeStamp.secondsPastEpoch"] + v["dataTimeStamp.nanoseconds"] * 1e-9
-        with self.lock:
-            self.rows.append((now, uid, ts))
-
-    def take(self) -> list[tuple[float, int, float]]:
-        with self.lock:
-            rows, self.rows = self.rows, []
-        return rows
-
-
-def _cpu_s(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (all its threads) so far; None: this one."""
-    fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _thread_cpu_s(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of process ``pid`` so far, summed by thread name."""
-    out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
-def _steady_rate(times: list[float]) -> float:
-    """Frames per second between the 10th and the 90th percentile frame of a pass.
-
-    Results arrive a micro-batch at a time; first-to-last would leave the first
-    batch's processing out of the interval but its frames in the count (a
-    few % too fast). Between two inner frames start-up and tail cancel out.
-    """
-    t = np.sort(np.asarray(times))
-    if len(t) < 10:
-        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
-    i, j = len(t) // 10, len(t) - 1 - len(t) // 10
-    return (j - i) / (t[j] - t[i])
-
-
-def _wait(pred: Any, timeout: float, what: str, logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    tails = "\n".join(p.read_text(errors="replace")[-2000:] for p in logs if p.exists())
-    raise RuntimeError(f"benchmark: {what} did not happen in {timeout:.0f} s\n{tails}")
-
-
-def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
-             ) -> dict[str, Any]:
-    """Source -> edge -> client, two passes: throughput, then latency at part load."""
-    from p4p.client.thread import Context
-
-    src_env, edge_env = isolated_env(), isolated_env()
-    edge_env["EPICS_PVA_NAME_SERVERS"] += f" 127.0.0.1:{src_env['EPICS_PVA_SERVER_PORT']}"
-    p = random_prefix("BENCH")
-    py = [sys.executable, "-m", "ptychoflow.cli"]
-    logs = [tmp / "sim.log", tmp / "edge.log"]
-    n = args.frames
-    def policy() -> None:  # runs in the source's child process before it starts
-        set_policy(args.scheduling)
-
-    procs = [
-        subprocess.Popen(py + ["sim", "--prefix", p, "--frames", str(n), "--size",
-                               str(args.size), "--rate", "100", "--tick-ms",
-                               str(args.source_tick_ms), "--out", "", "--wait", "--serve",
-                               "--delay", "0"], env=src_env, preexec_fn=policy,
-                         stdout=logs[0].open("wb"), stderr=subprocess.STDOUT),
-        subprocess.Popen(py + ["edge", "--prefix", p, "--input", p + "Pva1:Image", "--model",
-                               str(path), "--batch-size", str(args.batch_size), "--threads",
-                               str(args.threads), "--engine", args.engine, "--device",
-                               args.device, "--workers", str(args.workers), "--streams",
-                               str(args.streams), "--scheduling", args.scheduling,
-                               "--queue-size", str(max(4 * n, 1024)),
-                               "--input-queue", str(args.input_queue)]
-                         + (["--no-stitch"] if args.no_stitch else [])
-                         + (["--stitch-process"] if args.stitch_process else []), env=edge_env,
-                         stdout=logs[1].open("wb"), stderr=subprocess.STDOUT),
-    ]
-    # the client's threads (started by the Context) run under the same policy
-    saved = current_policy()
-    set_policy(args.scheduling)
-    ctx = Context("pva", conf=pva_conf(edge_env), useenv=False, nt=False)
-    if saved in POLICIES:
-        set_policy(saved)
-    try:
-        def ready() -> bool:
-            try:
-                msg = str(ctx.get(p + "Edge:Message_RBV", timeout=1.0)["value"])
-                ctx.get(p + "cam1:Acquire", timeout=1.0)
-            except Exception:
-                return False
-            return msg.startswith("connected to")
-
-        _wait(ready, 120, "edge connected to the simulator", logs)
-        # EPICS gives its network threads real-time priority where it may; the edge
-        # levels its own under --scheduling batch, the source and this client alike
-        for pid in (procs[0].pid, None):
-            level_realtime_threads(args.scheduling, pid)
-        rx = _Receiver(ctx, p + "Edge:Phase")
-        time.sleep(0.5)
-        rx.take()
-
-        pids = {"source": procs[0].pid, "edge": procs[1].pid, "client": None}
-
-        def one_pass(rate: float) -> tuple[list[tuple[float, int, float]], dict[str, float],
-                                           dict[str, float]]:
-            """One acquisition; ends when all n arrived or nothing came for 5 s after it.
-
-            Also returns each process's CPU per frame from the first prediction to the
-            last (the source prepares a new scan before streaming; that is left out),
-            and the edge's by thread name.
-            """
-            ctx.put(p + "cam1:AcquireRate", float(rate), timeout=5.0)
-            ctx.put(p + "cam1:Acquire", 1, timeout=5.0)
-            rows: list[tuple[float, int, float]] = []
-            last = [time.monotonic()]
-            cpu0: dict[str, float] = {}
-            threads0: dict[str, float] = {}
-            at_first = [0]
-
-            def done() -> bool:
-                new = rx.take()
-                if new:
-                    if not rows:
-                        cpu0.update({k: _cpu_s(v) for k, v in pids.items()})
-                        threads0.update(_thread_cpu_s(procs[1].pid))
-                        at_first[0] = len(new)
-                    rows.extend(new)
-                    last[0] = time.monotonic()
-                # the source simulates the scan before it streams: the 5 s of silence that
-                # end a pass count from the first prediction, not from the start
-                return len(rows) >= n or (bool(rows) and time.monotonic() - last[0] > 5.0)
-            _wait(done, 60 + 5 * n / max(1.0, min(rate, engine_rate)), f"{n} predictions",
-                  logs)
-            frames = max(1, len(rows) - at_first[0])
-            cpu_ms = {k: round(1000.0 * (_cpu_s(v) - cpu0.get(k, 0.0)) / frames, 3)
-                      for k, v in pids.items()}
-            spent = {k: v - threads0.get(k, 0.0)
-                     for k, v in _thread_cpu_s(procs[1].pid).items()}
-            threads_us = {k: round(1e6 * v / frames, 1)
-                          for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
-            _wait(lambda: int(ctx.get(p + "cam1:Acquire", timeout=2.0)["value"]) == 0, 30,
-                  "end of the acquisition", logs)
-            return rows, cpu_ms, threads_us
-
-        # two throughput passes, the better one kept, as the engine is timed twice
-        passes = []
-        for _ in range(2):
-            rows, cpu_ms, threads_us = one_pass(args.rate or args.rate_factor * engine_rate)
-            passes.append((_steady_rate([r[0] for r in rows]), rows, cpu_ms, threads_us))
-        complete = all(sorted(r[1] for r in rows) == list(range(1, n + 1))
-                       for _, rows, _, _ in passes)
-        fps, rows, cpu_ms, threads_us = max(passes, key=lambda ps: ps[0])
-        lat_rows, _, _ = one_pass(args.latency_load * fps)
-        lat = np.array([(r[0] - r[2]) * 1000.0 for r in lat_rows])
-        time.sleep(1.0)
-        dropped = int(ctx.get(p + "Edge:Dropped_RBV", timeout=5.0)["value"])
-        bad = int(ctx.get(p + "Edge:BadFrames_RBV", timeout=5.0)["value"])
-        return {"pipeline_fps": round(float(fps), 1),
-                "pipeline_fps_runs": [round(float(ps[0]), 1) for ps in passes],
-                "latency_p99_ms": round(float(np.percentile(lat, 99)), 2),
-                "latency_p50_ms": round(float(np.percentile(lat, 50)), 2),
-                "latency_rate_hz": round(float(args.latency_load * fps), 1),
-                "pipeline_frames": len(rows), "latency_frames": len(lat_rows),
-                "complete": complete,
-                "dropped": dropped, "bad_frames": bad, "cpu_ms_per_frame": cpu_ms,
-                "edge_threads_us_per_frame": threads_us}
-    finally:
-        ctx.close()
-        for proc in reversed(procs):
-            proc.send_signal(2)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
 
 
 def _gpu_name() -> str:

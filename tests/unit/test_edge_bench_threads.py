@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ptychoflow.edge.bench import _thread_cpu_s
+from ptychoflow.edge.pipelinebench import thread_cpu_s
 from ptychoflow.edge.scheduling import name_os_thread
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
@@ -26,7 +26,7 @@ def test_thread_cpu_is_counted_and_summed_under_the_threads_name() -> None:
         while not stop.is_set():
             own[i] = time.thread_time()
 
-    before = _thread_cpu_s(os.getpid())
+    before = thread_cpu_s(os.getpid())
     workers = [threading.Thread(target=burn, args=(i,)) for i in range(2)]
     for t in workers:
         t.start()
@@ -35,7 +35,7 @@ def test_thread_cpu_is_counted_and_summed_under_the_threads_name() -> None:
         while min(own) < 0.15 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert min(own) >= 0.15, "the test threads got no CPU"
-        seen = _thread_cpu_s(os.getpid())["pf-test-burn"]
+        seen = thread_cpu_s(os.getpid())["pf-test-burn"]
         mine = list(own)  # read just after: at least what /proc saw, less its ticks
     finally:
         stop.set()
