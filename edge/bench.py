@@ -51,9 +51,7 @@ import numpy as np
 
 from ptychoflow.edge.onnxmodels import ptychonn_graph, quantize_int8, write_card
 from ptychoflow.edge.pipelinebench import pipeline
-from ptychoflow.edge.scheduling import (
-    POLICIES,
-)
+from ptychoflow.edge.scheduling import POLICIES
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.swap import prepare
 from ptychoflow.preprocess import Preprocess

@@ -283,10 +283,11 @@ class Demo:
                 raise RuntimeError(f"the edge did not load model v{version}: "
                                    f"{self.get('Edge:Message_RBV')}")
             time.sleep(0.2)
-        msg = str(self.get("Edge:Message_RBV"))  # "now serving model-vN[-int8].onnx (version N)"
-        served = msg.split()[2] if msg.startswith("now serving") else ""
-        self.say(f"edge now serves model v{version}" + (f" ({served})" if served else "")
-                 + " (hot swap, no restart)")
+        # the file the edge chose for that version (its own rule: the int8 copy under --int8)
+        from ptychoflow.edge.model import resolve_model_path
+
+        served = resolve_model_path(str(version), self.work / "models", self.s.int8).name
+        self.say(f"edge now serves model v{version} ({served}) (hot swap, no restart)")
 
     def save_stitched(self) -> Path | None:
         import numpy as np

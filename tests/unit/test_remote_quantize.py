@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def test_the_int8_copy_is_served_and_its_card_says_what_it_costs(tmp_path: Path,
         "int8_phase_change_max_rad"]
     assert 0 < rms <= worst < 10 and out["int8_phase_change_rms_rad"] == rms
     # the edge takes it as it takes any model with a card: checksum, shapes, warm-up
-    engine = "openvino" if _has("openvino") else "onnxruntime"
+    engine = "openvino" if find_spec("openvino") else "onnxruntime"
     served = prepare(dst.name, EdgeSettings(engine=engine, threads=1), tmp_path / "models")
     try:
         assert served.info.version == 3
@@ -64,14 +65,6 @@ def test_the_int8_copy_is_served_and_its_card_says_what_it_costs(tmp_path: Path,
         served.runner.close()
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         "model-v3-int8.json", "model-v3-int8.onnx", "model-v3.json", "model-v3.onnx"]
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
 
 
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path: Path, scan: Path) -> None:
