@@ -2,8 +2,9 @@
 
 All figures are measured in one run on the same model, the 128x128
 phase-only PtychoNN (``ptychoflow.remote.ptychonn``, random weights, exported
-to ONNX as the remote side exports it; an equal ONNX stand-in built with the
-onnx helper API where torch is not installed):
+to ONNX as the remote side exports it, each upsampling folded into the next
+convolution; an ONNX stand-in of the same layers built with the onnx helper
+API where torch is not installed):
 
 * ``engine_fps``: the edge's engine alone, built as the edge builds it (the
   same streams and threads), on preprocessed frames already in memory (timed
@@ -17,7 +18,8 @@ onnx helper API where torch is not installed):
   source, edge and client run under ``--scheduling``, EPICS's real-time
   network threads included;
 * ``baseline_fps``: PyTorch eager, batch size 1, the way the original edge
-  deployment ran (the better of 1 thread and all cores);
+  deployment ran: the plain network, upsampling and all (the better of 1
+  thread and all cores);
 * ``latency_p99_ms``: source time stamp to the client's receipt, at
   ``--latency-load`` of the measured pipeline rate;
 * ``cpu_ms_per_frame``: CPU time of the source, the edge and the client per
@@ -123,17 +125,20 @@ def build_model(folder: Path, size: int) -> tuple[Path, Any, str]:
     else:
         import torch
 
+        from ptychoflow.remote.subpixel import for_inference
+
+        served = for_inference(net)  # what the remote exporter serves; the baseline runs net
         try:
             from ptychoflow.remote.export import to_onnx
 
             to_onnx(net, path)
-        except Exception:  # the remote exporter is optional here; plain export is equal
-            torch.onnx.export(net, (torch.zeros(2, 1, size, size),), str(path),
+        except Exception:  # without onnxscript: the same graph through the older exporter
+            torch.onnx.export(served, (torch.zeros(2, 1, size, size),), str(path),
                               input_names=["diffraction"], output_names=["phase"],
                               dynamic_axes={"diffraction": {0: "batch"}, "phase": {0: "batch"}},
                               dynamo=False)
         batch = torch.export.Dim("batch", min=1, max=65536)
-        ep = torch.export.export(net, (torch.zeros(2, 1, size, size),),
+        ep = torch.export.export(served, (torch.zeros(2, 1, size, size),),
                                  dynamic_shapes=({0: batch},))
         torch.export.save(ep, str(path.with_suffix(".pt2")))  # for the PyTorch engine
         n = sum(p.numel() for p in net.parameters())

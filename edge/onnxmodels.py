@@ -60,7 +60,14 @@ def affine_model(path: str | Path, size: int, batch: int | None = None, scale: f
 
 def ptychonn_graph(path: str | Path, size: int = 128, channels: tuple[int, ...] = (16, 32, 64,
                    128), seed: int = 0, input_name: str = "diffraction") -> Path:
-    """Phase-only PtychoNN (random He-initialised weights), dynamic batch."""
+    """Phase-only PtychoNN (random He-initialised weights), dynamic batch.
+
+    Laid out as the remote exporter lays out a trained one
+    (:mod:`ptychoflow.remote.subpixel`): each upsampling and the 3x3 convolution
+    after it are one 2x2 convolution to four phase blocks, sliced and interleaved
+    by DepthToSpace (CRD, as torch writes ``pixel_shuffle``), so that a benchmark
+    on this stand-in times the served graph.
+    """
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -68,31 +75,63 @@ def ptychonn_graph(path: str | Path, size: int = 128, channels: tuple[int, ...] 
     inits: list[Any] = []
     counter = [0]
 
-    def conv(src: str, cin: int, cout: int, relu: bool = True) -> str:
-        counter[0] += 1
-        k = f"c{counter[0]}"
-        w = rng.normal(0, math.sqrt(2.0 / (9 * cin)), (cout, cin, 3, 3)).astype(np.float32)
-        inits.extend([numpy_helper.from_array(w, k + "_w"),
-                      numpy_helper.from_array(np.zeros(cout, np.float32), k + "_b")])
-        nodes.append(helper.make_node("Conv", [src, k + "_w", k + "_b"], [k],
-                                      pads=[1, 1, 1, 1], kernel_shape=[3, 3]))
-        if not relu:
-            return k
-        nodes.append(helper.make_node("Relu", [k], [k + "r"]))
-        return k + "r"
+    def const(name: str, value: list[int]) -> str:
+        inits.append(numpy_helper.from_array(np.array(value, np.int64), name))
+        return name
 
-    t, cin = input_name, 1
+    def conv(src: str, cin: int, cout: int, relu: bool = True, k: int = 3) -> str:
+        counter[0] += 1
+        name = f"c{counter[0]}"
+        fan_in = 9 * cin  # He initialisation of the 3x3 kernel the 2x2 one stands for
+        w = rng.normal(0, math.sqrt(2.0 / fan_in), (cout, cin, k, k)).astype(np.float32)
+        inits.extend([numpy_helper.from_array(w, name + "_w"),
+                      numpy_helper.from_array(np.zeros(cout, np.float32), name + "_b")])
+        nodes.append(helper.make_node("Conv", [src, name + "_w", name + "_b"], [name],
+                                      pads=[1, 1, 1, 1], kernel_shape=[k, k]))
+        if not relu:
+            return name
+        nodes.append(helper.make_node("Relu", [name], [name + "r"]))
+        return name + "r"
+
+    def up_conv(src: str, cin: int, cout: int, hw: int, relu: bool = True) -> str:
+        """Upsample 2x then conv 3x3, folded: (B, cin, hw, hw) -> (B, cout, 2hw, 2hw)."""
+        y = conv(src, cin, 4 * cout, relu, k=2)  # (B, 4 cout, hw+1, hw+1)
+        phases = []
+        for i in range(4):
+            a, c = divmod(i, 2)
+            t = f"{y}_s{i}"
+            nodes.append(helper.make_node("Slice", [
+                y, const(t + "_lo", [i * cout, a, c]),
+                const(t + "_hi", [(i + 1) * cout, a + hw, c + hw]), const(t + "_ax", [1, 2, 3])],
+                [t]))
+            phases.append(t)
+        # as torch exports pixel_shuffle: (B, cout, 4, hw, hw) -> (B, 4 cout, hw, hw), CRD order
+        # (OpenVINO 2026.4 mis-shaped the int8 copy of a channel Concat feeding a DCR DepthToSpace)
+        axis = const(y + "_axis", [2])
+        for t in phases:
+            nodes.append(helper.make_node("Unsqueeze", [t, axis], [t + "_u"]))
+        nodes.append(helper.make_node("Concat", [t + "_u" for t in phases], [y + "_cat"], axis=2))
+        nodes.append(helper.make_node("Reshape", [y + "_cat", const(y + "_shape",
+                                                                    [0, 4 * cout, hw, hw])],
+                                      [y + "_flat"]))
+        nodes.append(helper.make_node("DepthToSpace", [y + "_flat"], [y + "_up"], blocksize=2,
+                                      mode="CRD"))
+        return y + "_up"
+
+    t, cin, hw = input_name, 1, size
     for i, cout in enumerate(channels):
         t = conv(conv(t, cin, cout), cout, cout)
         nodes.append(helper.make_node("MaxPool", [t], [f"p{i}"], kernel_shape=[2, 2],
                                       strides=[2, 2]))
-        t, cin = f"p{i}", cout
-    inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "up_scales"))
+        t, cin, hw = f"p{i}", cout, hw // 2
     for i, cout in enumerate(reversed(channels)):
-        t = conv(conv(t, cin, cout), cout, cout)
-        nodes.append(helper.make_node("Resize", [t, "", "up_scales"], [f"u{i}"], mode="nearest"))
-        t, cin = f"u{i}", cout
-    t = conv(t, cin, 1, relu=False)
+        if i:
+            t = up_conv(t, cin, cout, hw)
+            hw *= 2
+        else:
+            t = conv(t, cin, cout)
+        t, cin = conv(t, cout, cout), cout
+    t = up_conv(t, cin, 1, hw, relu=False)
     inits.append(numpy_helper.from_array(np.array(math.pi, np.float32), "pi"))
     nodes += [helper.make_node("Tanh", [t], ["th"]), helper.make_node("Mul", ["th", "pi"],
                                                                        ["phase"])]

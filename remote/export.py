@@ -1,10 +1,11 @@
 """From a checkpoint to a served model: ONNX, checks, model card, optional TensorRT engine.
 
 The ONNX file has a dynamic batch axis (the edge batches frames as they come),
-passes ``onnx.checker`` and must reproduce PyTorch on held-out frames to
-within ``PARITY_TOL``; only then are ``model-vN.onnx`` and its card renamed
-into the model folder, the card just before the ONNX, so the edge never finds
-a model without its card nor a half-written one.
+passes ``onnx.checker`` and must reproduce the PyTorch checkpoint on held-out
+frames to within ``PARITY_TOL`` (the graph is the checkpoint's inference form,
+see :mod:`ptychoflow.remote.subpixel`); only then are ``model-vN.onnx`` and its
+card renamed into the model folder, the card just before the ONNX, so the edge
+never finds a model without its card nor a half-written one.
 """
 
 from __future__ import annotations
@@ -38,14 +39,21 @@ def next_version(model_dir: str | os.PathLike[str]) -> int:
 
 
 def to_onnx(model: PtychoNN, path: str | os.PathLike[str]) -> None:
-    """Export with a dynamic batch axis, weights inside the one file."""
+    """Export with a dynamic batch axis, weights inside the one file.
+
+    What is exported is :func:`~ptychoflow.remote.subpixel.for_inference` of
+    ``model``: the same function with each upsampling folded into the
+    convolution after it, which the edge runs faster; :func:`check_onnx` holds
+    it to the plain model.
+    """
     import torch
+
+    from ptychoflow.remote.subpixel import for_inference
 
     s = model.config.input_size
     example = torch.zeros(2, 1, s, s)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    model = model.cpu().eval()
-    torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME],
+    torch.onnx.export(for_inference(model), (example,), str(path), input_names=[INPUT_NAME],
                       output_names=model.output_names, dynamic_shapes=({0: batch},),
                       dynamo=True, external_data=False, verbose=False, optimize=True)
 
