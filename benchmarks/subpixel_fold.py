@@ -1,13 +1,16 @@
 """The exported PtychoNN with and without its upsamplings folded, side by side in one run.
 
     .venv/bin/python benchmarks/subpixel_fold.py [--size 128 --batch 16 --threads 1 2 --rounds 5]
+    .venv/bin/python benchmarks/subpixel_fold.py --int8     # both int8 copies, as `--int8` serves
 
 Exports one network (random weights: speed does not depend on them) twice: plainly
 (nearest ``Resize`` then a 3x3 ``Conv``, as ``torch.onnx`` writes the layers) and as
 ``ptychoflow.remote.export`` writes it (:mod:`ptychoflow.remote.subpixel`). Times both in
 ONNX Runtime on the CPU, alternating rounds so that a host whose speed drifts affects both
-alike, for each thread count; prints one JSON object with the frames/s of each (median of
-the rounds), their ratio and the largest difference between the two outputs.
+alike, for each thread count (with ``--int8``: the int8 copies ``remote quantize`` would
+write of each, calibrated on the same frames); prints one JSON object with the frames/s of
+each (median of the rounds), their ratio and the largest difference between the outputs
+(with ``--int8``, between two separately quantized copies: mostly their quantization error).
 """
 
 from __future__ import annotations
@@ -39,17 +42,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds per thread count")
     ap.add_argument("--seconds", type=float, default=2.0, help="per round and graph")
+    ap.add_argument("--int8", action="store_true", help="time the static int8 (QDQ) copies")
     a = ap.parse_args(argv)
     import onnxruntime as ort
     import torch
 
+    from ptychoflow.edge.onnxmodels import quantize_int8
+    from ptychoflow.preprocess import Preprocess
     from ptychoflow.remote.export import to_onnx
     from ptychoflow.remote.ptychonn import PtychoNN, variant
 
     torch.manual_seed(0)
     net = PtychoNN(variant(a.size)).eval()
-    x = np.random.default_rng(0).random((a.batch, 1, a.size, a.size), dtype=np.float32)
-    out: dict[str, Any] = {"size": a.size, "batch": a.batch, "rounds": a.rounds}
+    rng = np.random.default_rng(0)
+    pre = Preprocess(input_size=a.size)
+    x = pre(rng.poisson(50.0, (a.batch, a.size, a.size)).astype(np.uint16))
+    out: dict[str, Any] = {"size": a.size, "batch": a.batch, "rounds": a.rounds,
+                           "precision": "int8" if a.int8 else "fp32"}
     with tempfile.TemporaryDirectory() as tmp:
         plain, folded = Path(tmp) / "plain.onnx", Path(tmp) / "folded.onnx"
         torch.onnx.export(net, (torch.zeros(2, 1, a.size, a.size),), str(plain),
@@ -57,6 +66,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
                           dynamo=True, external_data=False, verbose=False, optimize=True)
         to_onnx(net, folded)
+        if a.int8:
+            cal = pre(rng.poisson(50.0, (32, a.size, a.size)).astype(np.uint16))
+            plain, folded = (quantize_int8(p, p.with_name(p.stem + "-int8.onnx"), cal)
+                             for p in (plain, folded))
         for threads in a.threads:
             so = ort.SessionOptions()
             so.intra_op_num_threads = threads
