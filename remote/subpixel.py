@@ -58,10 +58,17 @@ class SubPixelConv(nn.Module):
         return functional.pixel_shuffle(torch.stack(phases, dim=2).flatten(1, 2), 2)
 
 
+def _doubles(up: nn.Module) -> bool:
+    """A nearest-neighbour Upsample by exactly 2 along both axes."""
+    if not isinstance(up, nn.Upsample) or up.mode != "nearest" or up.size is not None:
+        return False
+    scale = up.scale_factor
+    scales = tuple(scale) if isinstance(scale, tuple | list) else (scale, scale)
+    return len(scales) == 2 and all(s is not None and float(s) == 2.0 for s in scales)
+
+
 def _foldable(up: nn.Module, conv: nn.Module) -> bool:
-    return (isinstance(up, nn.Upsample) and up.mode == "nearest" and up.size is None
-            and float(up.scale_factor) == 2.0  # type: ignore[arg-type]
-            and isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
+    return (_doubles(up) and isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3)
             and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
             and conv.groups == 1 and conv.padding_mode == "zeros")
 

@@ -63,8 +63,11 @@ def test_layers_that_are_not_the_pattern_stay() -> None:
                                                                                      padding=1))
     strided = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(2, 2, 3, padding=1, stride=2))
     five = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(2, 2, 5, padding=2))
-    for seq in (bilinear, strided, five):
+    rows_only = nn.Sequential(nn.Upsample(scale_factor=(2, 1)), nn.Conv2d(2, 2, 3, padding=1))
+    for seq in (bilinear, strided, five, rows_only):
         assert [type(m) for m in fold_sequential(seq)] == [type(m) for m in seq]
+    pair = nn.Sequential(nn.Upsample(scale_factor=(2.0, 2.0)), nn.Conv2d(2, 2, 3, padding=1))
+    assert [type(m) for m in fold_sequential(pair)] == [SubPixelConv]
 
 
 def test_exported_graph_has_no_resize_and_passes_parity(tmp_path: Path) -> None:
