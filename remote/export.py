@@ -179,7 +179,10 @@ def _write_model(ckpt: Checkpoint, model: PtychoNN, onnx_path: Path, cpath: Path
                       **(training or {})},
             metrics={"best_val_loss": meta.get("best_val_loss"), "parity_max_abs_diff": diff,
                      **(metrics or {})},
-            provenance={"exporter": "ptychoflow.remote.export", "opset": _opset(tmp_onnx)},
+            provenance={"exporter": "ptychoflow.remote.export", "opset": _opset(tmp_onnx),
+                        # why the graph's layers are not the checkpoint's, one for one
+                        "graph": "upsampling folded into the next convolution "
+                                 "(ptychoflow.remote.subpixel)"},
         )
         # card first: until the ONNX is renamed in, there is no model to load without one
         card.save(cpath)

@@ -166,6 +166,7 @@ def test_export_is_faithful_and_carded(work: dict[str, Any], trained: dict[str, 
     assert card.output_pixel_size_m == pytest.approx(read_scan(p["path"]).object_pixel_size_m)
     assert card.training["scans"] == ["scan1", "scan2"]
     assert card.preprocessing.input_size == 64 and card.preprocessing.scale > 0
+    assert "subpixel" in card.provenance["graph"]  # the served graph is the folded form
     q = r["quality"]
     assert {"ssim", "psnr", "phase_rmse", "truth_ssim", "truth_phase_rmse"} <= set(q)
     assert card.metrics["quality"]["ssim"] == q["ssim"]
