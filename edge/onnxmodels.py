@@ -82,7 +82,7 @@ def ptychonn_graph(path: str | Path, size: int = 128, channels: tuple[int, ...] 
     def conv(src: str, cin: int, cout: int, relu: bool = True, k: int = 3) -> str:
         counter[0] += 1
         name = f"c{counter[0]}"
-        fan_in = 9 * cin  # He initialisation of the 3x3 kernel the 2x2 one stands for
+        fan_in = 9 * cin  # He initialisation; a 2x2 kernel stands for a folded 3x3 one
         w = rng.normal(0, math.sqrt(2.0 / fan_in), (cout, cin, k, k)).astype(np.float32)
         inits.extend([numpy_helper.from_array(w, name + "_w"),
                       numpy_helper.from_array(np.zeros(cout, np.float32), name + "_b")])

@@ -8,7 +8,8 @@ per phase, interleaved back by ``pixel_shuffle``. Same function (up to float
 rounding, about 1e-5), 16 multiply-adds per output pixel instead of 36, and the
 last convolution (16 -> 1 channel) no longer runs at full resolution, where a
 CPU engine pads its single output channel to a whole vector block. On a 2-core
-AVX-512 CPU ONNX Runtime runs the 128x128 network 11-15 % faster this way
+AVX-512 CPU ONNX Runtime runs the 128x128 network 15 % faster this way on one
+thread, 6-11 % on two, and its int8 copy 26-32 % faster
 (``benchmarks/subpixel_fold.py``); the encoder, untouched, is most of what is left.
 
 Only the exported graph changes: training and the PyTorch checkpoints keep the
