@@ -3,14 +3,15 @@
     .venv/bin/python benchmarks/subpixel_fold.py [--size 128 --batch 16 --threads 1 2 --rounds 5]
     .venv/bin/python benchmarks/subpixel_fold.py --int8     # both int8 copies, as `--int8` serves
 
-Exports one network (random weights: speed does not depend on them) twice: plainly
-(nearest ``Resize`` then a 3x3 ``Conv``, as ``torch.onnx`` writes the layers) and as
-``ptychoflow.remote.export`` writes it (:mod:`ptychoflow.remote.subpixel`). Times both in
-ONNX Runtime on the CPU, alternating rounds so that a host whose speed drifts affects both
-alike, for each thread count (with ``--int8``: the int8 copies ``remote quantize`` would
-write of each, calibrated on the same frames); prints one JSON object with the frames/s of
-each (median of the rounds), their ratio and the largest difference between the outputs
-(with ``--int8``, between two separately quantized copies: mostly their quantization error).
+Exports one network (random weights: speed does not depend on them) twice with the
+remote exporter's ``to_onnx``: plainly (``fold=False``: nearest ``Resize`` then a 3x3
+``Conv``) and folded, as ``remote export`` serves it (:mod:`ptychoflow.remote.subpixel`).
+Times both in ONNX Runtime on the CPU, alternating rounds so that a host whose speed drifts
+affects both alike, for each thread count (with ``--int8``: the int8 copies ``remote
+quantize`` would write of each, calibrated on the same frames); prints one JSON object with
+the frames/s of each (median of the rounds), their ratio and the largest difference between
+the outputs (with ``--int8``, between two separately quantized copies: mostly their
+quantization error).
 """
 
 from __future__ import annotations
@@ -61,10 +62,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "precision": "int8" if a.int8 else "fp32"}
     with tempfile.TemporaryDirectory() as tmp:
         plain, folded = Path(tmp) / "plain.onnx", Path(tmp) / "folded.onnx"
-        torch.onnx.export(net, (torch.zeros(2, 1, a.size, a.size),), str(plain),
-                          input_names=["diffraction"], output_names=["phase"],
-                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                          dynamo=True, external_data=False, verbose=False, optimize=True)
+        to_onnx(net, plain, fold=False)
         to_onnx(net, folded)
         if a.int8:
             cal = pre(rng.poisson(50.0, (32, a.size, a.size)).astype(np.uint16))

@@ -38,13 +38,13 @@ def next_version(model_dir: str | os.PathLike[str]) -> int:
     return max(found, default=0) + 1
 
 
-def to_onnx(model: PtychoNN, path: str | os.PathLike[str]) -> None:
+def to_onnx(model: PtychoNN, path: str | os.PathLike[str], fold: bool = True) -> None:
     """Export with a dynamic batch axis, weights inside the one file.
 
     What is exported is :func:`~ptychoflow.remote.subpixel.for_inference` of
     ``model``: the same function with each upsampling folded into the
     convolution after it, which the edge runs faster; :func:`check_onnx` holds
-    it to the plain model.
+    it to the plain model. ``fold=False`` exports the plain layers (to compare).
     """
     import torch
 
@@ -53,7 +53,8 @@ def to_onnx(model: PtychoNN, path: str | os.PathLike[str]) -> None:
     s = model.config.input_size
     example = torch.zeros(2, 1, s, s)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(for_inference(model), (example,), str(path), input_names=[INPUT_NAME],
+    net = for_inference(model) if fold else model.cpu().eval()
+    torch.onnx.export(net, (example,), str(path), input_names=[INPUT_NAME],
                       output_names=model.output_names, dynamic_shapes=({0: batch},),
                       dynamo=True, external_data=False, verbose=False, optimize=True)
 
