@@ -49,6 +49,7 @@ def main() -> None:
             print(json.dumps({
                 "rate_hz": rate, "stitch": not args.no_stitch,
                 "stitch_process": args.stitch_process, "input_queue": args.input_queue,
+                "lanes": args.lanes,
                 "frames": args.frames,
                 "delivered_fps": r["pipeline_fps"], "passes_fps": r["pipeline_fps_runs"],
                 "complete": r["complete"], "dropped": r["dropped"],

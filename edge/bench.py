@@ -73,6 +73,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "tensorrt, torch)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--workers", type=int, default=1, help="edge inference workers")
+    parser.add_argument("--lanes", type=int, default=1, help="split the source's frames over "
+                        "this many PVs (ptychoflow sim --scatter) and run the edge with one "
+                        "lane process per PV (for thousands of frames/s)")
     parser.add_argument("--streams", type=int, default=0, help="edge inference streams "
                         "(0: the edge's automatic choice)")
     parser.add_argument("--scheduling", choices=POLICIES, default="batch",
@@ -284,7 +287,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": desc, "stitch": not args.no_stitch, "stitch_process": args.stitch_process,
         "input_queue": args.input_queue,
         "engine": eng_name,
-        "batch_size": args.batch_size, "workers": args.workers, "scheduling": args.scheduling,
+        "batch_size": args.batch_size, "workers": args.workers, "lanes": args.lanes,
+        "scheduling": args.scheduling,
         "source_tick_ms": args.source_tick_ms,
         "cores": len(os.sched_getaffinity(0)),
         "cpu": platform.processor() or platform.machine(),

@@ -76,6 +76,53 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     return out
 
 
+def children(pid: int) -> dict[int, str]:
+    """Child processes of ``pid``: process id -> name (a lane's or the map's process)."""
+    out: dict[int, str] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for k in kids:
+            try:
+                out[int(k)] = Path(f"/proc/{k}/comm").read_text().strip()
+            except OSError:
+                continue
+    return out
+
+
+def _group(name: str) -> str:
+    """The figure a child process's CPU goes to: "lanes" for lane processes, else its name."""
+    return "lanes" if name.startswith("edge-lane") else name
+
+
+def _children_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds so far of the edge's child processes, summed by group."""
+    out: dict[str, float] = {}
+    for kid, name in children(pid).items():
+        try:
+            spent = _cpu_s(kid)
+        except OSError:
+            continue
+        out[_group(name)] = out.get(_group(name), 0.0) + spent
+    return out
+
+
+def _children_threads_s(pid: int) -> dict[str, float]:
+    """CPU seconds of the edge's child processes' threads, as "group/thread name"."""
+    out: dict[str, float] = {}
+    for kid, name in children(pid).items():
+        try:
+            spent = thread_cpu_s(kid)
+        except OSError:
+            continue
+        for t, v in spent.items():
+            key = f"{_group(name)}/{t}"
+            out[key] = out.get(key, 0.0) + v
+    return out
+
+
 def _steady_rate(times: list[float]) -> float:
     """Frames per second between the 10th and the 90th percentile frame of a pass.
 
@@ -111,6 +158,9 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
     py = [sys.executable, "-m", "ptychoflow.cli"]
     logs = [tmp / "sim.log", tmp / "edge.log"]
     n = args.frames
+    lanes = max(1, getattr(args, "lanes", 1))
+    inputs = " ".join(f"{p}Pva{k + 1}:Image" for k in range(lanes))
+
     def policy() -> None:  # runs in the source's child process before it starts
         set_policy(args.scheduling)
 
@@ -118,9 +168,10 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
         subprocess.Popen(py + ["sim", "--prefix", p, "--frames", str(n), "--size",
                                str(args.size), "--rate", "100", "--tick-ms",
                                str(args.source_tick_ms), "--out", "", "--wait", "--serve",
-                               "--delay", "0"], env=src_env, preexec_fn=policy,
+                               "--delay", "0", "--scatter", str(lanes)], env=src_env,
+                         preexec_fn=policy,
                          stdout=logs[0].open("wb"), stderr=subprocess.STDOUT),
-        subprocess.Popen(py + ["edge", "--prefix", p, "--input", p + "Pva1:Image", "--model",
+        subprocess.Popen(py + ["edge", "--prefix", p, "--input", inputs, "--model",
                                str(path), "--batch-size", str(args.batch_size), "--threads",
                                str(args.threads), "--engine", args.engine, "--device",
                                args.device, "--workers", str(args.workers), "--streams",
@@ -147,6 +198,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             return msg.startswith("connected to")
 
         _wait(ready, 120, "edge connected to the simulator", logs)
+        if lanes > 1:
+            time.sleep(1.0)  # the message says one lane connected; give the others a moment
         # EPICS gives its network threads real-time priority where it may; the edge
         # levels its own under --scheduling batch, the source and this client alike
         for pid in (procs[0].pid, None):
@@ -171,6 +224,7 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             last = [time.monotonic()]
             cpu0: dict[str, float] = {}
             threads0: dict[str, float] = {}
+            kids0: dict[str, float] = {}
             at_first = [0]
 
             def done() -> bool:
@@ -179,6 +233,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                     if not rows:
                         cpu0.update({k: _cpu_s(v) for k, v in pids.items()})
                         threads0.update(thread_cpu_s(procs[1].pid))
+                        threads0.update(_children_threads_s(procs[1].pid))
+                        kids0.update(_children_cpu_s(procs[1].pid))
                         at_first[0] = len(new)
                     rows.extend(new)
                     last[0] = time.monotonic()
@@ -190,8 +246,13 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             frames = max(1, len(rows) - at_first[0])
             cpu_ms = {k: round(1000.0 * (_cpu_s(v) - cpu0.get(k, 0.0)) / frames, 3)
                       for k, v in pids.items()}
-            spent = {k: v - threads0.get(k, 0.0)
-                     for k, v in thread_cpu_s(procs[1].pid).items()}
+            # the edge's child processes (lanes, the map's process) on their own lines
+            for k, v in _children_cpu_s(procs[1].pid).items():
+                if v - kids0.get(k, 0.0) > 0:  # not multiprocessing's idle resource tracker
+                    cpu_ms[f"edge:{k}"] = round(1000.0 * (v - kids0.get(k, 0.0)) / frames, 3)
+            now_threads = thread_cpu_s(procs[1].pid)
+            now_threads.update(_children_threads_s(procs[1].pid))
+            spent = {k: v - threads0.get(k, 0.0) for k, v in now_threads.items()}
             threads_us = {k: round(1e6 * v / frames, 1)
                           for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
             _wait(lambda: int(ctx.get(p + "cam1:Acquire", timeout=2.0)["value"]) == 0, 30,

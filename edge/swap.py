@@ -148,10 +148,12 @@ class HotSwapper:
     """Loads models in the background; the inference loop takes the result between batches."""
 
     def __init__(self, settings: EdgeSettings, model_dir: Path,
-                 on_message: Callable[[str], None]) -> None:
+                 on_message: Callable[[str], None],
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
         self._settings = settings
         self._model_dir = model_dir
         self._on_message = on_message
+        self.on_refused = on_refused  # (spec, why): a lane tells the edge process
         self._lock = threading.Lock()
         self._ready: Served | None = None
         self._thread: threading.Thread | None = None
@@ -179,6 +181,8 @@ class HotSwapper:
         except Exception as exc:  # any failure refuses the model; the old one keeps serving
             log.warning("model %s refused: %s", spec, exc)
             self._on_message(f"model {spec} refused, previous model still serving: {exc}")
+            if self.on_refused is not None:
+                self.on_refused(spec, str(exc))
             return
         with self._lock:
             old, self._ready = self._ready, served

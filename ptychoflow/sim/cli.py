@@ -33,6 +33,9 @@ class SimSettings:
     tick_ms: float = setting(0.0, "pace on a clock of this period: each wake-up posts every "
                                   "frame due by then, as a detector ships frames in bursts; "
                                   "0: one wake-up per frame")
+    scatter: int = setting(1, "serve the frames over this many PVs, Pva1:Image ... PvaK:Image, "
+                              "in turn (areaDetector's NDPluginScatter before K NDPluginPva); "
+                              "an edge follows them with one lane process each")
     step: float = setting(50e-9, "scan step in metres (Fermat spiral)")
     photons: float = setting(1e6, "photons per frame through the sample")
     probe: str = setting("zoneplate", "probe kind", choices=["zoneplate", "gaussian"])
@@ -60,6 +63,8 @@ class SimSettings:
             raise ValueError(f"rate must be >= 0 (0 = as fast as possible), got {self.rate}")
         if not self.tick_ms >= 0:
             raise ValueError(f"tick_ms must be >= 0, got {self.tick_ms}")
+        if self.scatter < 1:
+            raise ValueError(f"scatter must be at least 1, got {self.scatter}")
         if not self.prefix:
             raise ValueError("prefix must not be empty")
 
@@ -101,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     sim = DetectorSimulator(s.prefix, scan, rate=s.rate, tick_s=s.tick_ms / 1000.0,
                             out_dir=Path(s.out).resolve() if s.out else None, name=s.name,
-                            next_scan=None if s.replay else lambda n: load_scan(s, n))
+                            next_scan=None if s.replay else lambda n: load_scan(s, n),
+                            scatter=s.scatter)
     serve(sim, acquire=not s.wait, keep_serving=s.serve or s.wait, stop=stop, delay=s.delay)
     if sim.last_file is not None:
         print(f"scan file: {sim.last_file}", flush=True)

@@ -5,7 +5,10 @@ and the scan position as ``PositionX``/``PositionY`` attributes in metres)
 and the areaDetector-style scalars of ``ptychoflow.pvnames.DETECTOR``. An
 acquisition streams one scan at ``cam1:AcquireRate`` and saves the same frames
 to a scan file (``*.h5.part`` renamed to ``*.h5`` when complete), whose name
-``HDF1:FullFileName_RBV`` shows while it is being written.
+``HDF1:FullFileName_RBV`` shows while it is being written. With ``scatter`` K
+> 1 it also serves ``Pva2:Image`` ... ``PvaK:Image`` and sends frame n to
+``Pva((n-1) mod K + 1):Image``, as areaDetector's NDPluginScatter in front of K
+NDPluginPva plugins hands frames round (an edge follows them with one lane each).
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ class DetectorSimulator:
 
     def __init__(self, prefix: str, scan: Scan, rate: float = 0.0,
                  out_dir: Path | None = None, name: str = "scan",
-                 next_scan: Callable[[int], Scan] | None = None, tick_s: float = 0.0) -> None:
+                 next_scan: Callable[[int], Scan] | None = None, tick_s: float = 0.0,
+                 scatter: int = 1) -> None:
         self.prefix = prefix
         self.scan = scan
         self.next_scan = next_scan
@@ -73,8 +77,12 @@ class DetectorSimulator:
             raise ValueError(f"tick must be >= 0 s, got {tick_s}")
         self.tick_s = float(tick_s)
         self.pvs: dict[str, SharedPV] = {}
-        self.image = SharedPV(initial=make_frame(np.zeros(scan.frame_shape, scan.data.dtype), 0))
-        self.pvs["Pva1:Image"] = self.image
+        if scatter < 1:
+            raise ValueError(f"scatter must be at least 1, got {scatter}")
+        self.images = [SharedPV(initial=make_frame(np.zeros(scan.frame_shape, scan.data.dtype),
+                                                   0)) for _ in range(scatter)]
+        for k, pv in enumerate(self.images):
+            self.pvs[f"Pva{k + 1}:Image"] = pv
         for suffix, spec in _SPECS.items():
             if spec.record == "NTNDArray":
                 continue
@@ -171,7 +179,8 @@ class DetectorSimulator:
         log.info("acquisition %d: %d frames at %s", self.acquisitions, scan.n_frames,
                  f"{self.rate:g} Hz" if self.rate > 0 else "full speed")
         frames = _FramePrep(scan, self.acquisitions)
-        post = self.image.post
+        posts = [pv.post for pv in self.images]
+        k = len(posts)
         t0 = last_report = time.perf_counter()
         sent_at_report = sent = 0
         try:
@@ -184,7 +193,7 @@ class DetectorSimulator:
                         # with a tick, sleep one tick past this frame's time: the frames
                         # that fall due meanwhile go out with it, one wake-up for the lot
                         time.sleep(delay + self.tick_s)
-                post(stamp(frames[i]))
+                posts[i % k](stamp(frames[i]))
                 sent = i + 1
                 if saver is not None and sent % _BLOCK == 0:
                     saver.submit(sent - _BLOCK, sent)

@@ -1,0 +1,250 @@
+"""Frames in, batches out: the input side of the edge, up to the engine.
+
+An :class:`Intake` follows one NTNDArray PV and turns its frames into
+submitted inference batches:
+
+* the p4p monitor callback only decodes and appends to the bounded
+  :class:`FrameQueue` (drop-oldest, counted);
+* the *collector* thread takes micro-batches, refuses bad frames, reads the
+  scan positions, preprocesses as the model card says, submits each batch to
+  the runner and puts it on ``fifo``; it picks up a hot-swapped model between
+  two batches, and puts a :class:`Swapped` note on ``fifo`` so the consumer
+  learns of it in order.
+
+The consumer of ``fifo`` is the edge's publisher (one intake in the edge
+process) or a lane's sender (one intake per lane process, see
+:mod:`ptychoflow.edge.lanes`). ``fifo`` is short and bounded, so a slow
+engine pushes back on the frame queue, where the drop policy lives.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychoflow.edge.batcher import FrameQueue
+from ptychoflow.edge.client import Incoming, InputMonitor
+from ptychoflow.edge.positions import PositionSource
+from ptychoflow.edge.scheduling import name_os_thread
+from ptychoflow.edge.settings import EdgeSettings
+from ptychoflow.edge.swap import HotSwapper, Served
+from ptychoflow.ntnda import Frame
+
+CLOSE = object()
+"""Put on ``fifo`` last, once every frame in hand is submitted."""
+
+Position = tuple[float, float] | None
+
+
+@dataclass
+class Swapped:
+    """The collector switched models: batches after this note come from ``new``."""
+
+    old: Served | None
+    new: Served
+
+
+@dataclass
+class LocalBatch:
+    """A batch submitted to this process's runner; its outputs come with the future."""
+
+    future: Future[list[np.ndarray]]
+    frames: list[Frame]
+    arrivals: list[float]
+    positions: list[Position]
+    served: Served
+    lane: int = 0
+
+    def outputs(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(phase, amplitude or None), each (n, H, W); raises what the engine raised."""
+        outs = self.future.result()
+        info = self.served.info
+        n = len(self.frames)
+        p = outs[info.phase_index]
+        phase = p.reshape(n, *p.shape[-2:])
+        amp = None
+        if info.amplitude_index is not None:
+            a = outs[info.amplitude_index]
+            amp = a.reshape(n, *a.shape[-2:])
+        return phase, amp
+
+    def release(self) -> None:
+        """Nothing to give back: the arrays belong to the batch."""
+
+
+class Intake:
+    """Follows one input PV and feeds ``fifo`` with submitted batches (see the module doc)."""
+
+    def __init__(self, settings: EdgeSettings, model_dir: Path, served: Served | None,
+                 fifo: queue.Queue[Any], message: Callable[[str], None],
+                 conf: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.served = served
+        self.fifo = fifo
+        self.message = message
+        self.unserved = 0  # frames that arrived while no model was loaded
+        self.positions = PositionSource(settings.positions)
+        self.queue: FrameQueue[Incoming] = FrameQueue(settings.queue_size)
+        self.enabled = True
+        self.bad = 0
+        self.missed = 0  # uniqueId gaps: frames lost before they reached the edge
+        self.count_gaps = True
+        self._last_uid: int | None = None
+        self._last_ts = 0.0
+        self._last_bad_msg = 0.0
+        self._stop = threading.Event()
+        self.swapper = HotSwapper(settings, model_dir, message)
+        self.monitor = InputMonitor(self._on_frame, message, conf, settings.input_queue)
+        self._thread = threading.Thread(target=self._collect, name="edge-collect", daemon=True)
+
+    def start(self) -> None:
+        """Start collecting, and follow the configured input PV if there is one."""
+        self._thread.start()
+        if self.settings.input:
+            self.monitor.follow(self.settings.input)
+
+    def follow(self, pv: str) -> None:
+        """Follow another input PV (a new source: uniqueIds start afresh)."""
+        self._last_uid = None
+        self.monitor.follow(pv)
+
+    @property
+    def dropped(self) -> int:
+        """Frames lost here: queue overflow, gaps in uniqueId, no model loaded."""
+        return self.queue.dropped + self.missed + self.unserved
+
+    # ---- input -------------------------------------------------------------------------
+    def _on_frame(self, item: Incoming) -> None:
+        f = item.frame
+        if f is not None:
+            if f.unique_id == 0:
+                return  # a server's placeholder value: detectors count frames from 1
+            last = self._last_uid
+            if last is not None and f.unique_id == last and f.timestamp == self._last_ts:
+                return  # the same frame again (a reconnect re-sends the current value)
+            if self.count_gaps and last is not None and f.unique_id > last + 1:
+                self.missed += f.unique_id - last - 1
+            self._last_uid, self._last_ts = f.unique_id, f.timestamp
+        self.queue.put(item)
+
+    # ---- collector ---------------------------------------------------------------------
+    def bad_frame(self, why: str) -> None:
+        """Count one bad frame; say why on Message_RBV at most once a second."""
+        self.bad += 1
+        now = time.monotonic()
+        if now - self._last_bad_msg > 1.0:  # one message a second, not one per frame
+            self._last_bad_msg = now
+            self.message(f"bad frame skipped ({self.bad} so far): {why}")
+
+    def _check(self, item: Incoming, served: Served) -> Position | str:
+        """The frame's position, None when not stitching, or a string saying why it is bad."""
+        if item.frame is None:
+            return item.error
+        a = item.frame.array
+        if a.size == 0:
+            return f"frame {item.frame.unique_id} is empty"
+        if a.dtype.kind not in "uif":
+            return f"frame {item.frame.unique_id} has data type {a.dtype}, not a number type"
+        try:
+            served.info.preprocess.check_frame_shape(a.shape)
+        except ValueError as exc:
+            return f"frame {item.frame.unique_id}: {exc}"
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            return f"frame {item.frame.unique_id} contains NaN or infinity"
+        if not self.settings.stitch:
+            return None
+        return self.positions.position(item.frame)
+
+    def _collect(self) -> None:
+        name_os_thread()
+        budget = self.settings.latency_budget_ms / 1000.0
+        while True:
+            new = self.swapper.take()
+            if new is not None:
+                old = self.served
+                self.served = new
+                # the consumer closes the old model once its batches are out
+                self.fifo.put(Swapped(old, new))
+            served = self.served
+            if served is None:
+                self._idle_without_model()
+                if self._stop.is_set() and not len(self.queue):
+                    break
+                continue
+            max_n = served.info.batch or self.settings.batch_size
+            items = self.queue.get_batch(max_n, budget, timeout=0.2)
+            if not items:
+                if self._stop.is_set():
+                    break  # stopped and every frame in hand is submitted
+                continue
+            if not self.enabled:
+                continue
+            self._submit(items, served)
+        self.fifo.put(CLOSE)
+
+    def _submit(self, items: list[Incoming], served: Served) -> None:
+        frames, arrivals, positions = [], [], []
+        for it in items:
+            res = self._check(it, served)
+            if isinstance(res, str):
+                self.bad_frame(res)
+                continue
+            assert it.frame is not None
+            frames.append(it.frame)
+            arrivals.append(it.arrival)
+            positions.append(res)
+        # frames of different shapes cannot share one preprocessing call
+        while frames:
+            shape = frames[0].array.shape
+            idx = [i for i, f in enumerate(frames) if f.array.shape == shape]
+            group = [frames[i] for i in idx]
+            try:
+                x = served.info.preprocess(np.stack([f.array for f in group]))
+            except (ValueError, TypeError) as exc:  # never let one batch stop the edge
+                for _ in group:
+                    self.bad_frame(f"preprocessing failed: {exc}")
+            else:
+                self.fifo.put(LocalBatch(served.runner.submit(x), group,
+                                         [arrivals[i] for i in idx],
+                                         [positions[i] for i in idx], served))
+            taken = set(idx)
+            keep = [i for i in range(len(frames)) if i not in taken]
+            frames = [frames[i] for i in keep]
+            arrivals = [arrivals[i] for i in keep]
+            positions = [positions[i] for i in keep]
+
+    def _idle_without_model(self) -> None:
+        """No model yet: take frames off the queue and count them, so none is lost silently."""
+        items = self.queue.get_batch(self.settings.batch_size, 0.0, timeout=0.2)
+        if items:
+            self.unserved += len(items)
+            now = time.monotonic()
+            if now - self._last_bad_msg > 1.0:
+                self._last_bad_msg = now
+                self.message(f"no model loaded: {self.unserved} frame(s) not processed (counted "
+                             "in Dropped_RBV); put a model path to Edge:Model:Load")
+
+    # ---- lifetime ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop following; the collector submits the frames in hand, then puts CLOSE."""
+        self.monitor.close()
+        self._stop.set()
+        self.queue.close()
+        self._thread.join(30)
+
+    def close(self) -> None:
+        """After the consumer has taken CLOSE: release the model(s) still held."""
+        self.swapper.join(30)
+        late = self.swapper.take()
+        if late is not None:
+            late.runner.close()
+        if self.served is not None:
+            self.served.runner.close()

@@ -1,0 +1,500 @@
+"""Lanes: one process per input PV, for detectors whose frames are split over several PVs.
+
+At thousands of frames a second the edge's own Python work per frame, not
+the engine, sets the pace, and one process's Python takes turns on one
+interpreter lock (README, "Thousands of frames a second"). areaDetector
+scales the same way: NDPluginScatter hands frames round the NDPluginPva
+plugins after it, each serving its own PV. Given several input PVs
+(``--input "P:Pva1:Image P:Pva2:Image"``) the edge runs one *lane* process
+per PV. A lane does what the edge process does for one input: decode,
+queue (drop-oldest, counted), check, read positions, preprocess, run its own
+engine (its own GPU where there are several) and swap models between two of
+its batches. It copies each batch's outputs into a shared-memory slot of the
+edge process and sends only the frames' ids, times and positions; the edge
+process posts the images from the slot, stitches and serves every PV, then
+gives the slot back. A lane with no free slot waits, so a slow publisher
+slows the lanes (whose queues then drop the oldest frames, counted) rather
+than growing memory.
+
+What the edge process keeps per frame is the post and the map; decoding,
+checks, preprocessing and batching, about half its Python per frame, move to
+the lanes. With lanes the uniqueIds of one lane are not consecutive (the
+scatter decides which lane gets a frame), so frames lost upstream of the
+edge are not counted as gaps; the lanes' queue drops, bad frames and frames
+without a model are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptychoflow.edge.intake import CLOSE, Intake, LocalBatch, Position, Swapped
+from ptychoflow.edge.model import ModelError, resolve_model_path
+from ptychoflow.edge.settings import EdgeSettings
+from ptychoflow.edge.swap import WARMUP_TIMEOUT_S, Served, auto_streams, prepare
+from ptychoflow.ntnda import Frame
+
+log = logging.getLogger(__name__)
+
+SLOTS = 4
+"""Shared-memory slots per lane: batches a lane may have handed over and not got back."""
+
+COUNTS_PERIOD_S = 0.25
+_EMPTY = np.zeros((0, 0), np.uint8)
+
+
+def slot_bytes(settings: EdgeSettings) -> int:
+    """One slot holds a full batch of 128x128 phase and amplitude images (larger go inline)."""
+    return max(4 << 20, settings.batch_size * 2 * 128 * 128 * 4)
+
+
+# ---- the lane process --------------------------------------------------------------------
+class _Lane:
+    """Inside a lane process: an :class:`Intake` whose batches go to the edge process."""
+
+    def __init__(self, index: int, settings: EdgeSettings, model_dir: Path, conn: Connection,
+                 slot_names: list[str], conf: Mapping[str, str] | None) -> None:
+        self.index = index
+        self.conn = conn
+        self._send_lock = threading.Lock()
+        self.shms = [SharedMemory(name=n) for n in slot_names]
+        self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for i in range(len(self.shms)):
+            self.free.put(i)
+        self.failed = 0  # frames whose inference failed (bad frames)
+        self.scan_attr = settings.scan_id_attribute  # the one attribute the map needs
+        served: Served | None = None
+        error = ""
+        if settings.model:
+            try:
+                served = prepare(settings.model, settings, model_dir)
+            except Exception as exc:  # noqa: BLE001 - said to the edge process, which refuses
+                error = str(exc)
+        parallel = settings.streams or auto_streams(settings.threads)
+        self.fifo: queue.Queue[Any] = queue.Queue(maxsize=2 * parallel + 1)
+        self.intake = Intake(settings, model_dir, served, self.fifo, self.say, conf)
+        self.intake.count_gaps = False  # this lane's ids skip the other lanes' frames
+        self.intake.swapper.on_refused = lambda spec, why: self.send(("refused", spec, why))
+        self.send(("ready", _note(served), error))
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        """To the edge process (from any thread of the lane)."""
+        with self._send_lock:
+            self.conn.send(msg)
+
+    def say(self, text: str) -> None:
+        """Message_RBV of the edge."""
+        self.send(("msg", text))
+
+    def counts(self) -> dict[str, int]:
+        """Counters of the lane, cumulative."""
+        it = self.intake
+        return {"bad": it.bad + self.failed, "dropped": it.dropped,
+                "received": it.monitor.received}
+
+    def run(self) -> None:
+        """Follow commands until told to stop and every batch is handed over."""
+        sender = threading.Thread(target=self._send_batches, name="edge-lane-send",
+                                  daemon=True)
+        sender.start()
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):  # the edge process went away: stop
+                msg = ("stop",)
+            kind = msg[0]
+            if kind == "free":
+                self.free.put(msg[1])
+            elif kind == "start":
+                self.intake.start()
+            elif kind == "follow":
+                self.intake.follow(msg[1])
+            elif kind == "enable":
+                self.intake.enabled = bool(msg[1])
+            elif kind == "load":
+                try:
+                    self.intake.swapper.request(msg[1])
+                except ValueError as exc:
+                    self.send(("refused", msg[1], str(exc)))
+            elif kind == "stop":
+                # the collector drains on its own thread; slots keep coming back meanwhile
+                threading.Thread(target=self.intake.stop, daemon=True).start()
+                self._drain_commands(sender)
+                break
+        self.intake.close()
+        for shm in self.shms:
+            shm.close()
+
+    def _drain_commands(self, sender: threading.Thread) -> None:
+        """Take slots back until the sender has handed over the last batch."""
+        while sender.is_alive():
+            try:
+                if self.conn.poll(0.05):
+                    msg = self.conn.recv()
+                    if msg[0] == "free":
+                        self.free.put(msg[1])
+            except (EOFError, OSError):
+                # nobody takes the batches any more: let the sender finish without them
+                for i in range(len(self.shms)):
+                    self.free.put(i)
+                sender.join(30)
+                return
+
+    def _send_batches(self) -> None:
+        from ptychoflow.edge.scheduling import name_os_thread
+
+        name_os_thread()
+        last_counts = 0.0
+        while True:
+            try:
+                entry = self.fifo.get(timeout=COUNTS_PERIOD_S)
+            except queue.Empty:
+                entry = None
+            try:
+                if entry is CLOSE:
+                    self.send(("closed", self.counts()))
+                    return
+                if isinstance(entry, Swapped):
+                    if entry.old is not None:
+                        entry.old.runner.close()
+                    self.send(("model", _note(entry.new)))
+                elif isinstance(entry, LocalBatch):
+                    self._hand_over(entry)
+                now = time.monotonic()
+                if now - last_counts >= COUNTS_PERIOD_S:
+                    last_counts = now
+                    self.send(("counts", self.counts()))
+            except (BrokenPipeError, EOFError, OSError):
+                if entry is CLOSE:
+                    return
+
+    def _hand_over(self, b: LocalBatch) -> None:
+        try:
+            phase, amp = b.outputs()
+        except Exception as exc:  # noqa: BLE001 - an engine failure must not stop the lane
+            self.failed += len(b.frames)
+            self.say(f"inference failed on {len(b.frames)} frame(s): {exc}")
+            return
+        attr = self.scan_attr
+        meta = ([f.unique_id for f in b.frames], [f.timestamp for f in b.frames],
+                [f.attributes.get(attr) for f in b.frames], b.arrivals, b.positions)
+        need = phase.nbytes + (amp.nbytes if amp is not None else 0)
+        if need > self.shms[0].size:
+            self.send(("batch", None, meta, phase, amp))  # too big for a slot: inline
+            return
+        slot = self.free.get()
+        buf = self.shms[slot].buf
+        np.ndarray(phase.shape, np.float32, buf)[...] = phase
+        if amp is not None:
+            np.ndarray(amp.shape, np.float32, buf, offset=phase.nbytes)[...] = amp
+        self.send(("batch", slot, meta, phase.shape, amp is not None))
+
+
+def _note(served: Served | None) -> tuple[int, str, float, str] | None:
+    if served is None:
+        return None
+    info = served.info
+    return (info.version, info.path.name, info.pixel_size_m, served.runner.describe())
+
+
+def _lane_main(index: int, settings: EdgeSettings, model_dir: str, conn: Connection,
+               slot_names: list[str], conf: Mapping[str, str] | None, gpu: str) -> None:
+    """Entry point of a lane process (spawned: no EPICS thread is forked)."""
+    from ptychoflow.edge.scheduling import name_os_thread
+
+    if gpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before any engine touches CUDA
+    name_os_thread(f"edge-lane{index}")
+    logging.basicConfig(level=logging.WARNING)
+    lane = _Lane(index, settings, Path(model_dir), conn, slot_names, conf)
+    lane.run()
+
+
+# ---- the edge process's side --------------------------------------------------------------
+class LaneBatch:
+    """A lane's batch as the publisher takes it: outputs read in place from the slot."""
+
+    __slots__ = ("frames", "arrivals", "positions", "lane", "_phase", "_amp", "_release")
+
+    def __init__(self, lane: int, frames: list[Frame], arrivals: list[float],
+                 positions: list[Position], phase: np.ndarray, amp: np.ndarray | None,
+                 release: Callable[[], None]) -> None:
+        self.lane = lane
+        self.frames = frames
+        self.arrivals = arrivals
+        self.positions = positions
+        self._phase, self._amp, self._release = phase, amp, release
+
+    def outputs(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """(phase, amplitude or None), each (n, H, W)."""
+        return self._phase, self._amp
+
+    def release(self) -> None:
+        """Give the slot back to the lane."""
+        self._phase = self._amp = None  # type: ignore[assignment]
+        self._release()
+
+
+def _gpus_for_lanes(n: int) -> list[str]:
+    """CUDA_VISIBLE_DEVICES for each lane: the GPUs of this box in turn ("" for none)."""
+    from ptychoflow.edge.workers import gpu_count
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = ([v.strip() for v in visible.split(",") if v.strip()] if visible is not None
+           else [str(i) for i in range(gpu_count())])
+    if len(ids) < 2:
+        return [""] * n
+    return [ids[i % len(ids)] for i in range(n)]
+
+
+class _Handle:
+    """The edge process's end of one lane."""
+
+    def __init__(self, index: int, pv: str, proc: Any, conn: Connection,
+                 shms: list[SharedMemory]) -> None:
+        self.index, self.pv, self.proc, self.conn, self.shms = index, pv, proc, conn, shms
+        self.lock = threading.Lock()
+        self.counts = {"bad": 0, "dropped": 0, "received": 0}
+        self.model: tuple[int, str, float, str] | None = None
+        self.closed = threading.Event()
+        self.reader: threading.Thread | None = None
+
+    def send(self, msg: tuple[Any, ...]) -> None:
+        try:
+            with self.lock:
+                self.conn.send(msg)
+        except (BrokenPipeError, OSError):
+            pass  # the lane has gone; its reader says so
+
+
+class LaneSet:
+    """Runs one lane process per input PV and feeds their batches to the publisher's FIFO."""
+
+    def __init__(self, settings: EdgeSettings, model_dir: Path, inputs: list[str],
+                 fifo: queue.Queue[Any], message: Callable[[str], None],
+                 conf: Mapping[str, str] | None = None) -> None:
+        from ptychoflow.edge.service import ModelNote
+
+        self._note_cls = ModelNote
+        self.fifo = fifo
+        self.message = message
+        self.model_dir = model_dir
+        self.settings = settings
+        self.enabled = True
+        self._stopping = False
+        self._loading: set[int] = set()
+        self._lock = threading.Lock()
+        threads = settings.threads or max(1, len(os.sched_getaffinity(0)) // len(inputs))
+        model = str(resolve_model_path(settings.model, model_dir, settings.int8)) \
+            if settings.model else ""
+        ctx = mp.get_context("spawn")
+        gpus = _gpus_for_lanes(len(inputs))
+        self.handles: list[_Handle] = []
+        try:
+            for i, pv in enumerate(inputs):
+                shms = [SharedMemory(create=True, size=slot_bytes(settings))
+                        for _ in range(SLOTS)]
+                mine, theirs = ctx.Pipe()
+                lane_settings = dataclasses.replace(settings, input=pv, workers=1,
+                                                    threads=threads, model=model)
+                proc = ctx.Process(target=_lane_main, name=f"edge-lane{i}", daemon=True,
+                                   args=(i, lane_settings, str(model_dir), theirs,
+                                         [s.name for s in shms],
+                                         dict(conf) if conf is not None else None, gpus[i]))
+                proc.start()
+                theirs.close()
+                self.handles.append(_Handle(i, pv, proc, mine, shms))
+            self._await_ready()
+        except BaseException:
+            self._kill()
+            raise
+        first = self.handles[0].model
+        self.model = self._note(first) if first is not None else None
+
+    def _await_ready(self) -> None:
+        """Every lane has loaded the model (or had none to load); ModelError if one refused."""
+        deadline = time.monotonic() + WARMUP_TIMEOUT_S
+        for h in self.handles:
+            while not h.conn.poll(0.2):
+                if not h.proc.is_alive():
+                    raise ModelError(f"lane {h.index} ({h.pv}) exited with "
+                                     f"{h.proc.exitcode} while starting")
+                if time.monotonic() > deadline:
+                    raise ModelError(f"lane {h.index} ({h.pv}) did not start in "
+                                     f"{WARMUP_TIMEOUT_S:.0f} s")
+            kind, note, error = h.conn.recv()
+            if error:
+                raise ModelError(error)
+            h.model = note
+
+    def _note(self, note: tuple[int, str, float, str]) -> Any:
+        version, name, pixel, where = note
+        return self._note_cls(version, name, pixel,
+                              f"{len(self.handles)} lanes, each {where}")
+
+    def start(self) -> None:
+        """Start the readers, then let every lane follow its input."""
+        for h in self.handles:
+            h.reader = threading.Thread(target=self._read, args=(h,), daemon=True,
+                                        name=f"edge-lane{h.index}-rx")
+            h.reader.start()
+            h.send(("start",))
+
+    # ---- commands ----------------------------------------------------------------------
+    def follow(self, pvs: list[str]) -> None:
+        """One PV per lane; another number of PVs needs a restart (ValueError)."""
+        if len(pvs) != len(self.handles):
+            raise ValueError(f"this edge runs {len(self.handles)} lanes: give "
+                             f"{len(self.handles)} input PVs, or restart it with --input "
+                             "naming as many PVs as it should run lanes")
+        for h, pv in zip(self.handles, pvs, strict=True):
+            h.pv = pv
+            h.send(("follow", pv))
+
+    def set_enabled(self, on: bool) -> None:
+        """Edge:Enable, for every lane."""
+        self.enabled = on
+        for h in self.handles:
+            h.send(("enable", on))
+
+    def request(self, spec: str) -> None:
+        """Edge:Model:Load: every lane loads, checks and warms up ``spec``, then swaps."""
+        with self._lock:
+            if self._loading:
+                raise ValueError("a model is already being loaded; wait for Message_RBV to "
+                                 "say it is done")
+            resolve_model_path(spec, self.model_dir, self.settings.int8)  # refuse at the put
+            self._loading = {h.index for h in self.handles}
+        for h in self.handles:
+            h.send(("load", spec))
+
+    # ---- counters ----------------------------------------------------------------------
+    @property
+    def bad(self) -> int:
+        """Bad frames the lanes skipped."""
+        return sum(h.counts["bad"] for h in self.handles)
+
+    @property
+    def dropped(self) -> int:
+        """Frames the lanes dropped or had no model for."""
+        return sum(h.counts["dropped"] for h in self.handles)
+
+    # ---- the readers -------------------------------------------------------------------
+    def _read(self, h: _Handle) -> None:
+        from ptychoflow.edge.scheduling import name_os_thread
+
+        name_os_thread()
+        attr = self.settings.scan_id_attribute
+        views: dict[tuple[int, tuple[int, ...], bool], tuple[np.ndarray, np.ndarray | None]] = {}
+        while True:
+            try:
+                msg = h.conn.recv()
+            except (EOFError, OSError):
+                if not self._stopping:
+                    self.message(f"lane {h.index} ({h.pv}) has gone (exit code "
+                                 f"{h.proc.exitcode}); its frames are not processed until "
+                                 "the edge restarts")
+                break
+            kind = msg[0]
+            if kind == "batch":
+                _, slot, meta, shape, amp_flag = msg
+                uids, stamps, keys, arrivals, positions = meta
+                frames = [Frame(_EMPTY, u, t, {attr: k})
+                          for u, t, k in zip(uids, stamps, keys, strict=True)]
+                if slot is None:  # inline: shape is the phase array, amp_flag the amplitude
+                    phase, amp, release = shape, amp_flag, _nothing
+                else:
+                    key = (slot, tuple(shape), bool(amp_flag))
+                    if key not in views:
+                        views[key] = _views(h.shms[slot], tuple(shape), bool(amp_flag))
+                    phase, amp = views[key]
+                    release = _freer(h, slot)
+                self.fifo.put(LaneBatch(h.index, frames, arrivals, positions, phase, amp,
+                                        release))
+            elif kind == "counts":
+                h.counts = msg[1]
+            elif kind == "msg":
+                self.message(msg[1])
+            elif kind == "model":
+                self._lane_model(h, msg[1])
+            elif kind == "refused":
+                with self._lock:
+                    self._loading.discard(h.index)
+            elif kind == "closed":
+                h.counts = msg[1]
+                break
+        views.clear()
+        h.closed.set()
+        if self._stopping and all(x.closed.is_set() for x in self.handles):
+            self.fifo.put(CLOSE)
+
+    def _lane_model(self, h: _Handle, note: tuple[int, str, float, str]) -> None:
+        """A lane swapped; once every lane serves the same model, the publisher hears of it."""
+        with self._lock:
+            h.model = note
+            self._loading.discard(h.index)
+            models = {x.model for x in self.handles}
+        if len(models) == 1:
+            self.fifo.put(self._note(note))
+
+    # ---- lifetime ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Tell every lane to finish the frames in hand; CLOSE follows the last batch."""
+        self._stopping = True
+        for h in self.handles:
+            h.send(("stop",))
+            if not h.proc.is_alive():
+                h.closed.set()
+        if all(h.closed.is_set() for h in self.handles):
+            self.fifo.put(CLOSE)
+
+    def close(self) -> None:
+        """After the publisher took CLOSE: end the processes, free the slots."""
+        for h in self.handles:
+            if h.reader is not None:
+                h.reader.join(10)
+            h.proc.join(30)
+        self._kill()
+
+    def _kill(self) -> None:
+        for h in self.handles:
+            if h.proc.is_alive():
+                h.proc.terminate()
+                h.proc.join(10)
+            h.conn.close()
+            for shm in h.shms:
+                try:
+                    shm.close()
+                    shm.unlink()
+                except (BufferError, FileNotFoundError):
+                    pass
+
+
+def _nothing() -> None:
+    return None
+
+
+def _views(shm: SharedMemory, shape: tuple[int, ...], amp: bool
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    phase = np.ndarray(shape, np.float32, shm.buf)
+    nbytes = phase.nbytes
+    return phase, (np.ndarray(shape, np.float32, shm.buf, offset=nbytes) if amp else None)
+
+
+def _freer(h: _Handle, slot: int) -> Callable[[], None]:
+    def free() -> None:
+        h.send(("free", slot))
+    return free
