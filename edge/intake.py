@@ -97,6 +97,7 @@ class Intake:
         self.bad = 0
         self.missed = 0  # uniqueId gaps: frames lost before they reached the edge
         self.count_gaps = True
+        self.accepted = 0  # frames put on the queue (each is then published, bad or dropped)
         self._last_uid: int | None = None
         self._last_ts = 0.0
         self._last_bad_msg = 0.0
@@ -116,6 +117,10 @@ class Intake:
         self._last_uid = None
         self.monitor.follow(pv)
 
+    def seen(self, unique_id: int, timestamp: float) -> None:
+        """Treat this frame as done already (a restarted lane's source re-sends it)."""
+        self._last_uid, self._last_ts = unique_id, timestamp
+
     @property
     def dropped(self) -> int:
         """Frames lost here: queue overflow, gaps in uniqueId, no model loaded."""
@@ -133,6 +138,7 @@ class Intake:
             if self.count_gaps and last is not None and f.unique_id > last + 1:
                 self.missed += f.unique_id - last - 1
             self._last_uid, self._last_ts = f.unique_id, f.timestamp
+        self.accepted += 1
         self.queue.put(item)
 
     # ---- collector ---------------------------------------------------------------------

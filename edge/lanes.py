@@ -50,6 +50,8 @@ from ptychoflow.ntnda import Frame
 log = logging.getLogger(__name__)
 
 SLOTS = 4
+RESTART_AFTER_S = 10.0
+"""A lane that dies is restarted unless it had run for less than this."""
 """Shared-memory slots per lane: batches a lane may have handed over and not got back."""
 
 COUNTS_PERIOD_S = 0.25
@@ -103,7 +105,7 @@ class _Lane:
         """Counters of the lane, cumulative."""
         it = self.intake
         return {"bad": it.bad + self.failed, "dropped": it.dropped,
-                "received": it.monitor.received}
+                "received": it.accepted}
 
     def run(self) -> None:
         """Follow commands until told to stop and every batch is handed over."""
@@ -120,6 +122,8 @@ class _Lane:
                 self.free.put(msg[1])
             elif kind == "start":
                 self.intake.start()
+            elif kind == "seen":  # a restarted lane: the frame its predecessor did last
+                self.intake.seen(msg[1], msg[2])
             elif kind == "follow":
                 self.intake.follow(msg[1])
             elif kind == "enable":
@@ -203,11 +207,15 @@ class _Lane:
         self.send(("batch", slot, meta, phase.shape, amp is not None))
 
 
-def _note(served: Served | None) -> tuple[int, str, float, str] | None:
+Note = tuple[int, str, float, str]
+"""A lane's model: version, path, output pixel size, where it runs."""
+
+
+def _note(served: Served | None) -> Note | None:
     if served is None:
         return None
     info = served.info
-    return (info.version, info.path.name, info.pixel_size_m, served.runner.describe())
+    return (info.version, str(info.path), info.pixel_size_m, served.runner.describe())
 
 
 def _lane_main(index: int, settings: EdgeSettings, model_dir: str, conn: Connection,
@@ -268,7 +276,11 @@ class _Handle:
         self.index, self.pv, self.proc, self.conn, self.shms = index, pv, proc, conn, shms
         self.lock = threading.Lock()
         self.counts = {"bad": 0, "dropped": 0, "received": 0}
-        self.model: tuple[int, str, float, str] | None = None
+        self.model: Note | None = None
+        self.base = {"bad": 0, "dropped": 0, "received": 0}  # counts of its earlier processes
+        self.restarted = -RESTART_AFTER_S  # time.monotonic() of the last restart
+        self.last: tuple[int, float] | None = None  # uniqueId and time stamp last published
+        self.handed = 0  # frames this lane's process has handed over
         self.closed = threading.Event()
         self.reader: threading.Thread | None = None
 
@@ -297,52 +309,97 @@ class LaneSet:
         self._stopping = False
         self._loading: set[int] = set()
         self._lock = threading.Lock()
-        threads = settings.threads or max(1, len(os.sched_getaffinity(0)) // len(inputs))
-        model = str(resolve_model_path(settings.model, model_dir, settings.int8)) \
+        self._threads = settings.threads or max(1, len(os.sched_getaffinity(0)) // len(inputs))
+        self._model = str(resolve_model_path(settings.model, model_dir, settings.int8)) \
             if settings.model else ""
-        ctx = mp.get_context("spawn")
-        gpus = _gpus_for_lanes(len(inputs))
+        self._conf = dict(conf) if conf is not None else None
+        self._gpus = _gpus_for_lanes(len(inputs))
+        self._retired: list[SharedMemory] = []  # slots of lanes that died, freed at close
         self.handles: list[_Handle] = []
         try:
             for i, pv in enumerate(inputs):
-                shms = [SharedMemory(create=True, size=slot_bytes(settings))
-                        for _ in range(SLOTS)]
-                mine, theirs = ctx.Pipe()
-                lane_settings = dataclasses.replace(settings, input=pv, workers=1,
-                                                    threads=threads, model=model)
-                proc = ctx.Process(target=_lane_main, name=f"edge-lane{i}", daemon=True,
-                                   args=(i, lane_settings, str(model_dir), theirs,
-                                         [s.name for s in shms],
-                                         dict(conf) if conf is not None else None, gpus[i]))
-                proc.start()
-                theirs.close()
-                self.handles.append(_Handle(i, pv, proc, mine, shms))
-            self._await_ready()
+                self.handles.append(self._spawn(i, pv))
+            for h in self.handles:
+                self._await_ready(h)
         except BaseException:
             self._kill()
             raise
         first = self.handles[0].model
         self.model = self._note(first) if first is not None else None
 
-    def _await_ready(self) -> None:
-        """Every lane has loaded the model (or had none to load); ModelError if one refused."""
-        deadline = time.monotonic() + WARMUP_TIMEOUT_S
-        for h in self.handles:
-            while not h.conn.poll(0.2):
-                if not h.proc.is_alive():
-                    raise ModelError(f"lane {h.index} ({h.pv}) exited with "
-                                     f"{h.proc.exitcode} while starting")
-                if time.monotonic() > deadline:
-                    raise ModelError(f"lane {h.index} ({h.pv}) did not start in "
-                                     f"{WARMUP_TIMEOUT_S:.0f} s")
-            kind, note, error = h.conn.recv()
-            if error:
-                raise ModelError(error)
-            h.model = note
+    def _spawn(self, index: int, pv: str, model: str | None = None) -> _Handle:
+        """Start lane ``index`` on ``pv`` with fresh slots; ``model`` None: the first one."""
+        ctx = mp.get_context("spawn")
+        shms = [SharedMemory(create=True, size=slot_bytes(self.settings)) for _ in range(SLOTS)]
+        mine, theirs = ctx.Pipe()
+        lane_settings = dataclasses.replace(self.settings, input=pv, workers=1,
+                                            threads=self._threads,
+                                            model=self._model if model is None else model)
+        proc = ctx.Process(target=_lane_main, name=f"edge-lane{index}", daemon=True,
+                           args=(index, lane_settings, str(self.model_dir), theirs,
+                                 [s.name for s in shms], self._conf, self._gpus[index]))
+        proc.start()
+        theirs.close()
+        return _Handle(index, pv, proc, mine, shms)
 
-    def _note(self, note: tuple[int, str, float, str]) -> Any:
-        version, name, pixel, where = note
-        return self._note_cls(version, name, pixel,
+    def _await_ready(self, h: _Handle) -> None:
+        """The lane has loaded its model (or had none to load); ModelError if it refused."""
+        deadline = time.monotonic() + WARMUP_TIMEOUT_S
+        while not h.conn.poll(0.2):
+            if not h.proc.is_alive():
+                raise ModelError(f"lane {h.index} ({h.pv}) exited with "
+                                 f"{h.proc.exitcode} while starting")
+            if time.monotonic() > deadline:
+                raise ModelError(f"lane {h.index} ({h.pv}) did not start in "
+                                 f"{WARMUP_TIMEOUT_S:.0f} s")
+        kind, note, error = h.conn.recv()
+        if error:
+            raise ModelError(error)
+        h.model = note
+
+    def _restart(self, h: _Handle) -> bool:
+        """Replace lane ``h``, which died, by a new process on the same input and model.
+
+        Its counts carry on from the dead one's. A lane that dies again within
+        RESTART_AFTER_S of starting is left down: something about its input or model
+        kills it, and restarting it in a loop would hide that.
+        """
+        # frames it had received and not handed over went with it: counted as dropped
+        # (as of its last counts, a quarter of a second old at most)
+        c = h.counts
+        lost = max(0, c["received"] - h.handed - c["bad"] - c["dropped"])
+        for k in h.base:
+            h.base[k] += c.get(k, 0)
+        h.base["dropped"] += lost
+        h.counts = {k: 0 for k in h.base}
+        h.handed = 0
+        if time.monotonic() - h.restarted < RESTART_AFTER_S:
+            self.message(f"lane {h.index} ({h.pv}) died again within {RESTART_AFTER_S:.0f} s "
+                         "of its restart; left down: its frames are not processed (see the "
+                         "edge's log), restart the edge")
+            return False
+        h.conn.close()
+        self._retired.extend(h.shms)
+        model = h.model[1] if h.model is not None else ""
+        try:
+            new = self._spawn(h.index, h.pv, model)
+            self._await_ready(new)
+        except (ModelError, OSError) as exc:
+            self.message(f"lane {h.index} ({h.pv}) could not be restarted: {exc}")
+            return False
+        h.proc, h.conn, h.shms = new.proc, new.conn, new.shms
+        h.restarted = time.monotonic()
+        h.send(("enable", self.enabled))
+        if h.last is not None:  # the source re-sends its current frame: not twice
+            h.send(("seen", *h.last))
+        h.send(("start",))
+        self.message(f"lane {h.index} ({h.pv}) restarted; {lost} frame(s) lost with it "
+                     "(counted in Dropped_RBV)")
+        return True
+
+    def _note(self, note: Note) -> Any:
+        version, path, pixel, where = note
+        return self._note_cls(version, Path(path).name, pixel,
                               f"{len(self.handles)} lanes, each {where}")
 
     def start(self) -> None:
@@ -385,12 +442,12 @@ class LaneSet:
     @property
     def bad(self) -> int:
         """Bad frames the lanes skipped."""
-        return sum(h.counts["bad"] for h in self.handles)
+        return sum(h.base["bad"] + h.counts["bad"] for h in self.handles)
 
     @property
     def dropped(self) -> int:
         """Frames the lanes dropped or had no model for."""
-        return sum(h.counts["dropped"] for h in self.handles)
+        return sum(h.base["dropped"] + h.counts["dropped"] for h in self.handles)
 
     # ---- the readers -------------------------------------------------------------------
     def _read(self, h: _Handle) -> None:
@@ -403,10 +460,17 @@ class LaneSet:
             try:
                 msg = h.conn.recv()
             except (EOFError, OSError):
-                if not self._stopping:
-                    self.message(f"lane {h.index} ({h.pv}) has gone (exit code "
-                                 f"{h.proc.exitcode}); its frames are not processed until "
-                                 "the edge restarts")
+                if self._stopping:
+                    break
+                h.proc.join(5)
+                log.error("lane %d (%s) exited with %s", h.index, h.pv, h.proc.exitcode)
+                self.message(f"lane {h.index} ({h.pv}) has gone (exit code "
+                             f"{h.proc.exitcode}); restarting it")
+                views.clear()  # the batches already queued keep their own views
+                with self._lock:
+                    self._loading.discard(h.index)
+                if self._restart(h):
+                    continue
                 break
             kind = msg[0]
             if kind == "batch":
@@ -421,7 +485,9 @@ class LaneSet:
                     if key not in views:
                         views[key] = _views(h.shms[slot], tuple(shape), bool(amp_flag))
                     phase, amp = views[key]
-                    release = _freer(h, slot)
+                    release = _freer(h, slot, h.conn)
+                h.handed += len(frames)
+                h.last = (uids[-1], stamps[-1])
                 self.fifo.put(LaneBatch(h.index, frames, arrivals, positions, phase, amp,
                                         release))
             elif kind == "counts":
@@ -441,7 +507,7 @@ class LaneSet:
         if self._stopping and all(x.closed.is_set() for x in self.handles):
             self.fifo.put(CLOSE)
 
-    def _lane_model(self, h: _Handle, note: tuple[int, str, float, str]) -> None:
+    def _lane_model(self, h: _Handle, note: Note) -> None:
         """A lane swapped; once every lane serves the same model, the publisher hears of it."""
         with self._lock:
             h.model = note
@@ -475,12 +541,15 @@ class LaneSet:
                 h.proc.terminate()
                 h.proc.join(10)
             h.conn.close()
-            for shm in h.shms:
-                try:
-                    shm.close()
-                    shm.unlink()
-                except (BufferError, FileNotFoundError):
-                    pass
+        for shm in [s for h in self.handles for s in h.shms] + self._retired:
+            try:
+                shm.close()
+            except BufferError:  # a view outlived the publisher: the mapping goes at exit
+                pass
+            try:
+                shm.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _nothing() -> None:
@@ -494,7 +563,8 @@ def _views(shm: SharedMemory, shape: tuple[int, ...], amp: bool
     return phase, (np.ndarray(shape, np.float32, shm.buf, offset=nbytes) if amp else None)
 
 
-def _freer(h: _Handle, slot: int) -> Callable[[], None]:
+def _freer(h: _Handle, slot: int, conn: Connection) -> Callable[[], None]:
     def free() -> None:
-        h.send(("free", slot))
+        if h.conn is conn:  # not to a lane started since: the slot was the dead one's
+            h.send(("free", slot))
     return free

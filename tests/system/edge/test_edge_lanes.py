@@ -139,3 +139,43 @@ def test_lanes_swap_models_without_loss_and_count_bad_frames(
         collector.put(prefix + "Edge:Input", two.pvs[0])
     assert edge.alive()
     assert edge.stop() == 0
+
+
+def test_a_lane_that_dies_is_restarted_and_its_losses_counted(
+        start_server, edge_env, prefix, two: TwoPVSource, collector: Collector,
+        model_dir: Path) -> None:
+    import os
+    import signal
+
+    from ptychoflow.edge.pipelinebench import children
+
+    edge = start_server(edge_args(prefix, " ".join(two.pvs), model_dir / "model-v1.onnx"),
+                        edge_env, name="edge")
+    wait_for_pva(edge_env, prefix + "Edge:Processed_RBV", timeout=60, server=edge)
+    collector.watch(prefix + "Edge:Phase")
+    said: list[str] = []  # every Message_RBV update: they follow each other quickly
+    sub = collector.ctx.monitor(prefix + "Edge:Message_RBV",
+                                lambda v: said.append(str(v["value"])),
+                                request="record[queueSize=100]")
+    time.sleep(1.5)
+    _stream(two, 1, 40, rate=200.0).join(30)
+    collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 40)
+    lane1 = [pid for pid, name in children(edge.proc.pid).items() if name == "edge-lane1"]
+    assert len(lane1) == 1
+    os.kill(lane1[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not any("restarted" in m for m in said):
+        assert time.monotonic() < deadline, said
+        time.sleep(0.1)
+    assert any("has gone" in m for m in said)
+    assert "0 frame(s) lost" in next(m for m in said if "restarted" in m)
+    time.sleep(1.0)
+    _stream(two, 41, 80, rate=200.0).join(30)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 80)
+    # the restarted lane did not publish again the frame its source re-sent on connecting
+    assert sorted(f.unique_id for f in got) == list(range(1, 81))
+    assert [pid for pid, name in children(edge.proc.pid).items() if name == "edge-lane1"] \
+        != lane1
+    assert collector.get(prefix + "Edge:Dropped_RBV") == 0
+    sub.close()
+    assert edge.stop() == 0
