@@ -30,6 +30,11 @@ class FrameQueue(Generic[T]):
         self._cond = threading.Condition()
         self.dropped = 0
         self.on_drop: Callable[[T], None] | None = None
+        # with keep_dropped, the frames dropped since the last take, handed over by it
+        # (taken_dropped), so a consumer learns of them in the stream's order
+        self.keep_dropped = False
+        self._dropped_items: list[T] = []
+        self.taken_dropped: list[T] = []
         self._closed = False
         # frames the waiting consumer needs before it is worth waking: 1 while it waits
         # for a first frame, the batch size while it gathers one (it wakes by itself at
@@ -46,6 +51,8 @@ class FrameQueue(Generic[T]):
             if len(self._items) >= self.maxsize:
                 dropped = self._items.popleft()
                 self.dropped += 1
+                if self.keep_dropped:
+                    self._dropped_items.append(dropped)
             self._items.append(item)
             if len(self._items) >= self._want:
                 self._cond.notify()
@@ -61,12 +68,15 @@ class FrameQueue(Generic[T]):
     def get_batch(self, max_n: int, budget_s: float, timeout: float | None = None) -> list[T]:
         """Up to ``max_n`` frames: waits ``timeout`` for the first, then ``budget_s`` for more.
 
-        Returns an empty list on timeout or when closed and empty.
+        Returns an empty list on timeout or when closed and empty. The frames
+        dropped before it are in ``taken_dropped`` afterwards (with ``keep_dropped``):
+        all older than the frames returned, all newer than those taken before.
         """
         with self._cond:
             if not self._items and not self._closed:
                 self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout)
             if not self._items:
+                self.taken_dropped, self._dropped_items = self._dropped_items, []
                 return []
             if len(self._items) < max_n and budget_s > 0 and not self._closed:
                 deadline = time.monotonic() + budget_s
@@ -80,4 +90,5 @@ class FrameQueue(Generic[T]):
                 finally:
                     self._want = 1
             n = min(max_n, len(self._items))
+            self.taken_dropped, self._dropped_items = self._dropped_items, []
             return [self._items.popleft() for _ in range(n)]

@@ -41,6 +41,7 @@ class Incoming:
     frame: Frame | None
     arrival: float
     error: str = ""
+    unique_id: int = 0  # of a frame that did not decode, where it could be read
 
 
 class InputMonitor:
@@ -101,7 +102,11 @@ class InputMonitor:
             # the service skips uniqueId 0 as a placeholder whatever it carries
             if is_placeholder(value):
                 return  # the source serves no image yet: nothing to process, nothing bad
-            item = Incoming(None, now, f"undecodable frame from {self.pv}: {exc}")
+            try:
+                uid = int(value["uniqueId"])
+            except (KeyError, TypeError, ValueError):
+                uid = 0
+            item = Incoming(None, now, f"undecodable frame from {self.pv}: {exc}", uid)
         self.received += 1
         self._sink(item)
 

@@ -52,6 +52,17 @@ class Swapped:
     new: Served
 
 
+Accounted = list[tuple[int, Any]]
+"""(uniqueId, scan id attribute) of frames, in the order the intake took them."""
+
+
+@dataclass
+class Skipped:
+    """Frames taken and not batched (dropped, bad, no model, disabled), for the ledger."""
+
+    accounted: Accounted
+
+
 @dataclass
 class LocalBatch:
     """A batch submitted to this process's runner; its outputs come with the future."""
@@ -62,6 +73,7 @@ class LocalBatch:
     positions: list[Position]
     served: Served
     lane: int = 0
+    accounted: Accounted | None = None  # with ``account``: every frame of the take
 
     def outputs(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(phase, amplitude or None), each (n, H, W); raises what the engine raised."""
@@ -97,6 +109,9 @@ class Intake:
         self.bad = 0
         self.missed = 0  # uniqueId gaps: frames lost before they reached the edge
         self.count_gaps = True
+        # lanes: every frame taken is reported in order (LocalBatch.accounted, Skipped),
+        # so the edge process can tell frames lost upstream (ptychoflow.edge.ledger)
+        self.account = False
         self.accepted = 0  # frames put on the queue (each is then published, bad or dropped)
         self._last_uid: int | None = None
         self._last_ts = 0.0
@@ -108,6 +123,7 @@ class Intake:
 
     def start(self) -> None:
         """Start collecting, and follow the configured input PV if there is one."""
+        self.queue.keep_dropped = self.account
         self._thread.start()
         if self.settings.input:
             self.monitor.follow(self.settings.input)
@@ -187,16 +203,33 @@ class Intake:
                 continue
             max_n = served.info.batch or self.settings.batch_size
             items = self.queue.get_batch(max_n, budget, timeout=0.2)
+            acc = self._accounted(items)
             if not items:
+                if acc:
+                    self.fifo.put(Skipped(acc))
                 if self._stop.is_set():
                     break  # stopped and every frame in hand is submitted
                 continue
             if not self.enabled:
+                if acc:
+                    self.fifo.put(Skipped(acc))
                 continue
-            self._submit(items, served)
+            if not self._submit(items, served, acc) and acc:
+                self.fifo.put(Skipped(acc))
         self.fifo.put(CLOSE)
 
-    def _submit(self, items: list[Incoming], served: Served) -> None:
+    def _accounted(self, items: list[Incoming]) -> Accounted | None:
+        """With ``account``: the frames dropped before this take, then the take's own."""
+        if not self.account:
+            return None
+        key = self.settings.scan_id_attribute
+        return [(it.frame.unique_id, it.frame.attributes.get(key)) if it.frame is not None
+                else (it.unique_id, None)  # 0: a frame that did not decode, id unknown
+                for it in self.queue.taken_dropped + items]
+
+    def _submit(self, items: list[Incoming], served: Served, acc: Accounted | None) -> bool:
+        """Check, preprocess and submit; ``acc`` goes with the first batch. Whether one went."""
+        submitted = False
         frames, arrivals, positions = [], [], []
         for it in items:
             res = self._check(it, served)
@@ -220,16 +253,22 @@ class Intake:
             else:
                 self.fifo.put(LocalBatch(served.runner.submit(x), group,
                                          [arrivals[i] for i in idx],
-                                         [positions[i] for i in idx], served))
+                                         [positions[i] for i in idx], served,
+                                         accounted=None if submitted else acc))
+                submitted = True
             taken = set(idx)
             keep = [i for i in range(len(frames)) if i not in taken]
             frames = [frames[i] for i in keep]
             arrivals = [arrivals[i] for i in keep]
             positions = [positions[i] for i in keep]
+        return submitted
 
     def _idle_without_model(self) -> None:
         """No model yet: take frames off the queue and count them, so none is lost silently."""
         items = self.queue.get_batch(self.settings.batch_size, 0.0, timeout=0.2)
+        acc = self._accounted(items)
+        if acc:
+            self.fifo.put(Skipped(acc))
         if items:
             self.unserved += len(items)
             now = time.monotonic()

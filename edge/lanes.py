@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from ptychoflow.edge.intake import CLOSE, Intake, LocalBatch, Position, Swapped
+from ptychoflow.edge.intake import CLOSE, Accounted, Intake, LocalBatch, Position, Skipped, Swapped
+from ptychoflow.edge.ledger import FrameLedger
 from ptychoflow.edge.model import ModelError, resolve_model_path
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.swap import WARMUP_TIMEOUT_S, Served, auto_streams, prepare
@@ -50,6 +51,9 @@ from ptychoflow.ntnda import Frame
 log = logging.getLogger(__name__)
 
 SLOTS = 4
+IDLE_SETTLE_S = 1.0
+"""With no frame for this long and none in any lane, the ledger's tail is settled."""
+
 RESTART_AFTER_S = 10.0
 """A lane that dies is restarted unless it had run for less than this."""
 """Shared-memory slots per lane: batches a lane may have handed over and not got back."""
@@ -89,6 +93,7 @@ class _Lane:
         self.fifo: queue.Queue[Any] = queue.Queue(maxsize=2 * parallel + 1)
         self.intake = Intake(settings, model_dir, served, self.fifo, self.say, conf)
         self.intake.count_gaps = False  # this lane's ids skip the other lanes' frames
+        self.intake.account = True  # the edge process counts what no lane saw
         self.intake.swapper.on_refused = lambda spec, why: self.send(("refused", spec, why))
         self.send(("ready", _note(served), error))
 
@@ -177,6 +182,8 @@ class _Lane:
                     self.send(("model", _note(entry.new)))
                 elif isinstance(entry, LocalBatch):
                     self._hand_over(entry)
+                elif isinstance(entry, Skipped):
+                    self.send(("skipped", entry.accounted))
                 now = time.monotonic()
                 if now - last_counts >= COUNTS_PERIOD_S:
                     last_counts = now
@@ -191,10 +198,13 @@ class _Lane:
         except Exception as exc:  # noqa: BLE001 - an engine failure must not stop the lane
             self.failed += len(b.frames)
             self.say(f"inference failed on {len(b.frames)} frame(s): {exc}")
+            if b.accounted:
+                self.send(("skipped", b.accounted))
             return
         attr = self.scan_attr
         meta = ([f.unique_id for f in b.frames], [f.timestamp for f in b.frames],
-                [f.attributes.get(attr) for f in b.frames], b.arrivals, b.positions)
+                [f.attributes.get(attr) for f in b.frames], b.arrivals, b.positions,
+                b.accounted)
         need = phase.nbytes + (amp.nbytes if amp is not None else 0)
         if need > self.shms[0].size:
             self.send(("batch", None, meta, phase, amp))  # too big for a slot: inline
@@ -280,7 +290,7 @@ class _Handle:
         self.base = {"bad": 0, "dropped": 0, "received": 0}  # counts of its earlier processes
         self.restarted = -RESTART_AFTER_S  # time.monotonic() of the last restart
         self.last: tuple[int, float] | None = None  # uniqueId and time stamp last published
-        self.handed = 0  # frames this lane's process has handed over
+        self.accounted = 0  # frames this lane's process has accounted for (ledger)
         self.closed = threading.Event()
         self.reader: threading.Thread | None = None
 
@@ -309,6 +319,8 @@ class LaneSet:
         self._stopping = False
         self._loading: set[int] = set()
         self._lock = threading.Lock()
+        self.ledger = FrameLedger(len(inputs))
+        self._activity = time.monotonic()  # when a lane last accounted for a frame
         self._threads = settings.threads or max(1, len(os.sched_getaffinity(0)) // len(inputs))
         self._model = str(resolve_model_path(settings.model, model_dir, settings.int8)) \
             if settings.model else ""
@@ -364,15 +376,13 @@ class LaneSet:
         RESTART_AFTER_S of starting is left down: something about its input or model
         kills it, and restarting it in a loop would hide that.
         """
-        # frames it had received and not handed over went with it: counted as dropped
-        # (as of its last counts, a quarter of a second old at most)
-        c = h.counts
-        lost = max(0, c["received"] - h.handed - c["bad"] - c["dropped"])
+        # the frames it held and never accounted for go into the ledger's count of
+        # missed frames once the other lanes are past them
         for k in h.base:
-            h.base[k] += c.get(k, 0)
-        h.base["dropped"] += lost
+            h.base[k] += h.counts.get(k, 0)
         h.counts = {k: 0 for k in h.base}
-        h.handed = 0
+        with self._lock:
+            h.accounted = 0
         if time.monotonic() - h.restarted < RESTART_AFTER_S:
             self.message(f"lane {h.index} ({h.pv}) died again within {RESTART_AFTER_S:.0f} s "
                          "of its restart; left down: its frames are not processed (see the "
@@ -393,8 +403,8 @@ class LaneSet:
         if h.last is not None:  # the source re-sends its current frame: not twice
             h.send(("seen", *h.last))
         h.send(("start",))
-        self.message(f"lane {h.index} ({h.pv}) restarted; {lost} frame(s) lost with it "
-                     "(counted in Dropped_RBV)")
+        self.message(f"lane {h.index} ({h.pv}) restarted; frames it held are counted in "
+                     "Dropped_RBV")
         return True
 
     def _note(self, note: Note) -> Any:
@@ -446,8 +456,13 @@ class LaneSet:
 
     @property
     def dropped(self) -> int:
-        """Frames the lanes dropped or had no model for."""
-        return sum(h.base["dropped"] + h.counts["dropped"] for h in self.handles)
+        """Frames the lanes dropped or had no model for, and frames no lane saw."""
+        with self._lock:
+            idle = time.monotonic() - self._activity > IDLE_SETTLE_S
+            if idle and all(h.counts["received"] <= h.accounted for h in self.handles):
+                self.ledger.settle_all()  # nothing in flight anywhere: the tail is final
+            missed = self.ledger.missed
+        return missed + sum(h.base["dropped"] + h.counts["dropped"] for h in self.handles)
 
     # ---- the readers -------------------------------------------------------------------
     def _read(self, h: _Handle) -> None:
@@ -475,7 +490,9 @@ class LaneSet:
             kind = msg[0]
             if kind == "batch":
                 _, slot, meta, shape, amp_flag = msg
-                uids, stamps, keys, arrivals, positions = meta
+                uids, stamps, keys, arrivals, positions, accounted = meta
+                if accounted:
+                    self._account(h, accounted)
                 frames = [Frame(_EMPTY, u, t, {attr: k})
                           for u, t, k in zip(uids, stamps, keys, strict=True)]
                 if slot is None:  # inline: shape is the phase array, amp_flag the amplitude
@@ -486,10 +503,11 @@ class LaneSet:
                         views[key] = _views(h.shms[slot], tuple(shape), bool(amp_flag))
                     phase, amp = views[key]
                     release = _freer(h, slot, h.conn)
-                h.handed += len(frames)
                 h.last = (uids[-1], stamps[-1])
                 self.fifo.put(LaneBatch(h.index, frames, arrivals, positions, phase, amp,
                                         release))
+            elif kind == "skipped":
+                self._account(h, msg[1])
             elif kind == "counts":
                 h.counts = msg[1]
             elif kind == "msg":
@@ -506,6 +524,12 @@ class LaneSet:
         h.closed.set()
         if self._stopping and all(x.closed.is_set() for x in self.handles):
             self.fifo.put(CLOSE)
+
+    def _account(self, h: _Handle, accounted: Accounted) -> None:
+        with self._lock:
+            self.ledger.account(h.index, accounted)
+            h.accounted += len(accounted)
+            self._activity = time.monotonic()
 
     def _lane_model(self, h: _Handle, note: Note) -> None:
         """A lane swapped; once every lane serves the same model, the publisher hears of it."""

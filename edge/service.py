@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ptychoflow.edge.intake import CLOSE, Intake, Position, Swapped
+from ptychoflow.edge.intake import CLOSE, Intake, Position, Skipped, Swapped
 from ptychoflow.edge.scheduling import name_os_thread
 from ptychoflow.edge.server import EdgeServer
 from ptychoflow.edge.settings import EdgeSettings
@@ -255,6 +255,8 @@ class EdgeService:
                 continue
             if isinstance(entry, ModelNote):  # every lane serves it now
                 self._model_changed(entry)
+                continue
+            if isinstance(entry, Skipped):  # for a lane's ledger only
                 continue
             if self._reset.is_set():
                 self._reset.clear()

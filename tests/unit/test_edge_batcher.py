@@ -59,3 +59,19 @@ def test_a_waiting_consumer_wakes_for_its_first_frame() -> None:
     t0 = time.monotonic()
     assert q.get_batch(4, 0.0, timeout=10.0) == [7]
     assert time.monotonic() - t0 < 5.0
+
+
+def test_dropped_frames_are_handed_to_the_next_take_in_stream_order() -> None:
+    q: FrameQueue[int] = FrameQueue(3)
+    q.keep_dropped = True
+    for i in range(1, 6):  # 1 and 2 dropped
+        q.put(i)
+    assert q.get_batch(2, 0.0) == [3, 4]
+    assert q.taken_dropped == [1, 2]  # older than what was taken
+    for i in (6, 7, 8):  # full again at 8: 5 dropped
+        q.put(i)
+    assert q.get_batch(1, 0.0, timeout=0.1) == [6]
+    assert q.taken_dropped == [5]
+    assert q.get_batch(5, 0.0, timeout=0.1) == [7, 8]
+    assert q.taken_dropped == []
+    assert q.dropped == 3

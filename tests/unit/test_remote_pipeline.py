@@ -118,7 +118,8 @@ def test_ptychonn_edge_variant_size() -> None:
     assert 700_000 < n < 760_000
     assert model(torch.zeros(2, 1, 128, 128)).shape == (2, 1, 128, 128)
     both = PtychoNN(PtychoNNConfig(64, amplitude=True))
-    phase, amp = both(torch.randn(3, 1, 64, 64))
+    with torch.no_grad():  # alone, grad is on: float() of a grad tensor warns (an error here)
+        phase, amp = both(torch.randn(3, 1, 64, 64))
     assert phase.abs().max() <= np.pi and 0 <= float(amp.min()) and float(amp.max()) <= 1
 
 

@@ -28,7 +28,7 @@ def _stream(tick_s: float) -> list[tuple[float, int]]:
     sim = DetectorSimulator("PACE:", simulate_scan(n_frames=N, size=64, seed=1), rate=RATE,
                             tick_s=tick_s)
     rec = _Recorder()
-    sim.image = rec  # type: ignore[assignment]
+    sim.images = [rec]  # type: ignore[list-item]
     sim._acquire()
     return rec.posts
 
@@ -51,6 +51,16 @@ def test_a_tick_sends_the_frames_due_together() -> None:
     # one wake-up per frame without a tick (2.5 ms apart); a 20 ms tick holds ~8 frames
     assert _bursts(_stream(0.0)) >= 0.75 * N
     assert _bursts(_stream(0.02)) <= N / 3
+
+
+def test_scatter_hands_frames_round_the_pvs_in_turn() -> None:
+    sim = DetectorSimulator("PACE:", simulate_scan(n_frames=9, size=64, seed=1), rate=0.0,
+                            scatter=3)
+    assert {"Pva1:Image", "Pva2:Image", "Pva3:Image"} <= set(sim.pvs)
+    recs = [_Recorder() for _ in range(3)]
+    sim.images = recs  # type: ignore[assignment]
+    sim._acquire()
+    assert [[uid for _, uid in r.posts] for r in recs] == [[1, 4, 7], [2, 5, 8], [3, 6, 9]]
 
 
 def test_a_negative_tick_is_refused() -> None:

@@ -134,6 +134,12 @@ def test_lanes_swap_models_without_loss_and_count_bad_frames(
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= n + 1)
     assert got[-1].unique_id == n + 3 and float(got[-1].array.mean()) == 2.0
     assert collector.get(prefix + "Edge:Dropped_RBV") == 0
+    # two frames lost before the edge (never sent): no lane can tell, the edge process can
+    for uid in (n + 6, n + 7):
+        two.publish(np.full((32, 32), 1.0, np.float32), uid, {"PositionX": 0.0,
+                                                              "PositionY": 0.0})
+    collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= n + 3)
+    collector.wait_value(prefix + "Edge:Dropped_RBV", lambda v: v == 2)
     # another number of inputs than lanes is refused at the put
     with pytest.raises(Exception, match="runs 2 lanes"):
         collector.put(prefix + "Edge:Input", two.pvs[0])
@@ -168,7 +174,6 @@ def test_a_lane_that_dies_is_restarted_and_its_losses_counted(
         assert time.monotonic() < deadline, said
         time.sleep(0.1)
     assert any("has gone" in m for m in said)
-    assert "0 frame(s) lost" in next(m for m in said if "restarted" in m)
     time.sleep(1.0)
     _stream(two, 41, 80, rate=200.0).join(30)
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 80)

@@ -1,0 +1,108 @@
+"""Frames lost upstream of the edge when they arrive over several lanes.
+
+With one input the edge counts a gap in ``uniqueId`` as frames lost before it
+(the source's queue for the edge overflowed, say). With several lanes the
+ids interleave across lanes in whatever way the scatter chose, so no lane
+can tell a gap from a frame another lane got. The edge process can: every
+frame a lane accounts for (handed over for publishing, skipped as bad,
+dropped from its queue, or discarded while disabled or without a model)
+is reported to the :class:`FrameLedger`, in the order the lane took them.
+
+Each lane's ids increase within a scan, so once every lane has reported an
+id at or above ``u``, any id up to ``u`` that no lane reported will never
+come: it is counted as missed. At the end of a scan (a lane's ids go back,
+or the scan id attribute changes) and when nothing is in flight anywhere,
+everything up to the highest id seen is settled the same way. Frames before
+the first one seen of a scan are not counted (the edge may have started
+mid-scan), as with one input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Scan:
+    seen: set[int] = field(default_factory=set)
+    hi: dict[int, int] = field(default_factory=dict)  # per lane: the highest id reported
+    settled: int | None = None  # every id up to here is accounted for or counted missed
+
+    def settle(self, upto: int) -> int:
+        """Count the ids up to ``upto`` no lane reported; returns how many."""
+        if self.settled is None:
+            if not self.seen:
+                return 0
+            self.settled = min(self.seen) - 1
+        missed = 0
+        seen = self.seen
+        for u in range(self.settled + 1, upto + 1):
+            if u in seen:
+                seen.remove(u)
+            else:
+                missed += 1
+        self.settled = max(self.settled, upto)
+        return missed
+
+
+class FrameLedger:
+    """Counts frames no lane ever saw (see the module doc); not thread-safe by itself."""
+
+    def __init__(self, lanes: int) -> None:
+        self.lanes = lanes
+        self.missed = 0
+        self._gen = [0] * lanes  # the scan each lane is in
+        self._key: list[Any] = [None] * lanes  # and that scan's id attribute
+        self._scans: dict[int, _Scan] = {0: _Scan()}
+
+    def account(self, lane: int, frames: Iterable[tuple[int, Any]]) -> None:
+        """Lane ``lane`` accounted for these (uniqueId, scan key) frames, in its order.
+
+        A uniqueId of 0 or less (a frame whose id could not be read) is passed over.
+        """
+        touched = set()
+        for uid, key in frames:
+            if uid <= 0:
+                continue
+            scan = self._scans[self._gen[lane]]
+            prev = scan.hi.get(lane)
+            if (prev is not None and uid < prev) or (prev is not None
+                                                     and key != self._key[lane]):
+                touched.add(self._gen[lane])
+                self._gen[lane] += 1  # a new scan: the lane joins it (first, or after others)
+                scan = self._scans.setdefault(self._gen[lane], _Scan())
+            self._key[lane] = key
+            if scan.settled is not None and uid <= scan.settled:
+                continue  # already counted missed when everything looked settled
+            scan.seen.add(uid)
+            if uid > scan.hi.get(lane, uid - 1):
+                scan.hi[lane] = uid
+            touched.add(self._gen[lane])
+        for g in touched:
+            self._settle(g)
+
+    def _settle(self, g: int) -> None:
+        scan = self._scans.get(g)
+        if scan is None:
+            return
+        # lanes in this scan, and lanes still in an earlier one that will come to it
+        inside = [lane for lane in range(self.lanes) if self._gen[lane] <= g]
+        if not inside:  # every lane has moved on: the scan is over
+            if scan.hi:
+                self.missed += scan.settle(max(scan.hi.values()))
+            del self._scans[g]
+            return
+        if all(lane in scan.hi for lane in inside):
+            self.missed += scan.settle(min(scan.hi[lane] for lane in inside))
+
+
+    def settle_all(self) -> None:
+        """Nothing is in flight anywhere: every id up to the highest seen is final."""
+        for g in list(self._scans):
+            scan = self._scans[g]
+            if scan.hi:
+                self.missed += scan.settle(max(scan.hi.values()))
+            if g < min(self._gen):
+                del self._scans[g]

@@ -1,0 +1,70 @@
+"""The ledger that counts frames lost upstream of the edge when they come over several lanes."""
+
+from __future__ import annotations
+
+from ptychoflow.edge.ledger import FrameLedger
+
+
+def _f(*uids: int, key: object = 1) -> list[tuple[int, object]]:
+    return [(u, key) for u in uids]
+
+
+def test_every_frame_round_the_lanes_means_none_missed() -> None:
+    led = FrameLedger(2)
+    led.account(0, _f(*range(1, 101, 2)))  # one lane far ahead of the other
+    assert led.missed == 0  # lane 1 has said nothing yet: nothing settles
+    led.account(1, _f(*range(2, 101, 2)))
+    led.settle_all()
+    assert led.missed == 0
+
+
+def test_ids_no_lane_reported_are_counted_once_every_lane_is_past_them() -> None:
+    led = FrameLedger(2)
+    led.account(0, _f(1, 3, 7, 9))  # 5 never came to lane 0
+    led.account(1, _f(2, 4, 6))  # 8 not yet
+    assert led.missed == 1  # 5: both lanes are past it; 8 may still come
+    led.account(1, _f(10))  # 8 skipped too
+    assert led.missed == 2
+    led.settle_all()
+    assert led.missed == 2
+
+
+def test_frames_before_the_first_seen_are_not_counted() -> None:
+    led = FrameLedger(2)
+    led.account(0, _f(41, 43))
+    led.account(1, _f(42, 44))
+    led.settle_all()
+    assert led.missed == 0
+
+
+def test_a_new_scan_is_counted_apart_while_the_other_lane_finishes_the_old() -> None:
+    led = FrameLedger(2)
+    led.account(0, _f(1, 3, 5))
+    led.account(1, _f(2, 4))
+    led.account(0, _f(1, 3))  # lane 0 starts the next scan
+    led.account(1, _f(6, 8))  # lane 1 still finishing the old one (7 lost upstream)
+    led.account(1, _f(2, 4))  # and now joins the new one
+    assert led.missed == 1  # the old scan is over: 7 missed, nothing of the new one
+    led.account(0, _f(5))
+    led.settle_all()
+    assert led.missed == 1
+
+
+def test_a_scan_id_change_starts_a_new_scan_even_if_ids_go_on() -> None:
+    led = FrameLedger(1)
+    led.account(0, _f(1, 2, 3, key="a"))
+    led.account(0, _f(10, 11, key="b"))  # a new scan that starts at 10: 4-9 not missed
+    led.settle_all()
+    assert led.missed == 0
+
+
+def test_settling_with_nothing_in_flight_counts_the_tail() -> None:
+    led = FrameLedger(2)
+    led.account(0, _f(1, 3, 5, 7))
+    led.account(1, _f(2))  # lane 1 lost 4 and 6 upstream and then got nothing more
+    assert led.missed == 0  # lane 1 might still be working
+    led.settle_all()
+    assert led.missed == 2
+    led.account(1, _f(6))  # a straggler after settling is not counted twice
+    led.settle_all()
+    assert led.missed == 2
