@@ -110,7 +110,7 @@ class _Lane:
         """Counters of the lane, cumulative."""
         it = self.intake
         return {"bad": it.bad + self.failed, "dropped": it.dropped,
-                "received": it.accepted}
+                "received": it.accepted, "connected": int(it.monitor.connected)}
 
     def run(self) -> None:
         """Follow commands until told to stop and every batch is handed over."""
@@ -321,6 +321,7 @@ class LaneSet:
         self._lock = threading.Lock()
         self.ledger = FrameLedger(len(inputs))
         self._activity = time.monotonic()  # when a lane last accounted for a frame
+        self._all_connected = False
         self._threads = settings.threads or max(1, len(os.sched_getaffinity(0)) // len(inputs))
         self._model = str(resolve_model_path(settings.model, model_dir, settings.int8)) \
             if settings.model else ""
@@ -383,6 +384,7 @@ class LaneSet:
         h.counts = {k: 0 for k in h.base}
         with self._lock:
             h.accounted = 0
+            self._all_connected = False
         if time.monotonic() - h.restarted < RESTART_AFTER_S:
             self.message(f"lane {h.index} ({h.pv}) died again within {RESTART_AFTER_S:.0f} s "
                          "of its restart; left down: its frames are not processed (see the "
@@ -510,6 +512,7 @@ class LaneSet:
                 self._account(h, msg[1])
             elif kind == "counts":
                 h.counts = msg[1]
+                self._connected(h)
             elif kind == "msg":
                 self.message(msg[1])
             elif kind == "model":
@@ -524,6 +527,14 @@ class LaneSet:
         h.closed.set()
         if self._stopping and all(x.closed.is_set() for x in self.handles):
             self.fifo.put(CLOSE)
+
+    def _connected(self, h: _Handle) -> None:
+        """Say so once every lane is connected to its input (and again after a loss)."""
+        with self._lock:
+            every = all(x.counts.get("connected") for x in self.handles)
+            news, self._all_connected = every and not self._all_connected, every
+        if news:
+            self.message(f"connected to all {len(self.handles)} inputs")
 
     def _account(self, h: _Handle, accounted: Accounted) -> None:
         with self._lock:

@@ -195,11 +195,10 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                 ctx.get(p + "cam1:Acquire", timeout=1.0)
             except Exception:
                 return False
-            return msg.startswith("connected to")
+            # with lanes, each says so as it connects; the edge once all have
+            return msg.startswith("connected to all" if lanes > 1 else "connected to")
 
         _wait(ready, 120, "edge connected to the simulator", logs)
-        if lanes > 1:
-            time.sleep(1.0)  # the message says one lane connected; give the others a moment
         # EPICS gives its network threads real-time priority where it may; the edge
         # levels its own under --scheduling batch, the source and this client alike
         for pid in (procs[0].pid, None):

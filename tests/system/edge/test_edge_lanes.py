@@ -66,8 +66,7 @@ def test_lanes_follow_a_scattered_simulator(start_server, source_env, edge_env, 
     wait_for_pva(edge_env, prefix + "Edge:Processed_RBV", timeout=60, server=edge)
     collector.watch(prefix + "Edge:Phase")
     collector.watch(prefix + "Edge:Stitched")
-    collector.wait_value(prefix + "Edge:Message_RBV", lambda m: m.startswith("connected to"))
-    time.sleep(1.0)  # the other lane too
+    collector.wait_value(prefix + "Edge:Message_RBV", lambda m: m == "connected to all 2 inputs")
     collector.put(prefix + "cam1:Acquire", 1)
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= n, timeout=60)
     assert sorted(f.unique_id for f in got) == list(range(1, n + 1))  # once each
@@ -104,7 +103,7 @@ def test_lanes_swap_models_without_loss_and_count_bad_frames(
     wait_for_pva(edge_env, prefix + "Edge:Processed_RBV", timeout=60, server=edge)
     collector.watch(prefix + "Edge:Phase")
     collector.watch(prefix + "Edge:Stitched")
-    time.sleep(1.5)
+    collector.wait_value(prefix + "Edge:Message_RBV", lambda m: m == "connected to all 2 inputs")
     assert collector.get(prefix + "Edge:Model:Version_RBV") == 1
     streamer = _stream(two, 1, n, rate=100.0)
     collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 60)
@@ -163,18 +162,18 @@ def test_a_lane_that_dies_is_restarted_and_its_losses_counted(
     sub = collector.ctx.monitor(prefix + "Edge:Message_RBV",
                                 lambda v: said.append(str(v["value"])),
                                 request="record[queueSize=100]")
-    time.sleep(1.5)
+    collector.wait_value(prefix + "Edge:Message_RBV", lambda m: m == "connected to all 2 inputs")
     _stream(two, 1, 40, rate=200.0).join(30)
     collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 40)
     lane1 = [pid for pid, name in children(edge.proc.pid).items() if name == "edge-lane1"]
     assert len(lane1) == 1
     os.kill(lane1[0], signal.SIGKILL)
     deadline = time.monotonic() + 60
-    while not any("restarted" in m for m in said):
+    # gone, restarted, and connected again (the edge says so once every lane is)
+    while not any("restarted" in m for m in said) or said[-1] != "connected to all 2 inputs":
         assert time.monotonic() < deadline, said
         time.sleep(0.1)
     assert any("has gone" in m for m in said)
-    time.sleep(1.0)
     _stream(two, 41, 80, rate=200.0).join(30)
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 80)
     # the restarted lane did not publish again the frame its source re-sent on connecting
