@@ -10,13 +10,15 @@
 # --platform of the box), then `pip install --no-index --no-deps --target SITE wheels/*.whl
 # .` there and PYTHONPATH=SITE.
 #
-# Three measurements, one after another, each under its own time limit so one that hangs
+# Four measurements, one after another, each under its own time limit so one that hangs
 # leaves the others their time; each prints one JSON line to OUTDIR/<name>.json, its log
-# beside it:
-#   bench-cuda       ptychoflow bench edge: PyTorch engine on CUDA (fp16, batch 256),
-#                    a 20 kHz source, stitching in its own process
-#   ceiling-stitch   the I/O ceiling (a do-nothing model) at 10 and 20 kHz, same edge set-up
-#   ceiling-nostitch the same without the stitched map
+# beside it. Lanes first (the configuration meant for 20 kHz), then one edge process:
+#   bench-cuda-lanes ptychoflow bench edge: PyTorch engine on CUDA (fp16, batch 256), a
+#                    20 kHz source scattering its frames over LANES PVs (default 4), the
+#                    edge running one lane process per PV, stitching in its own process
+#   ceiling-lanes    the I/O ceiling (a do-nothing model) at 20 kHz, same set-up
+#   bench-cuda       as bench-cuda-lanes with one input PV and one edge process
+#   ceiling-stitch   the I/O ceiling at 10 and 20 kHz, one edge process
 # The JSON holds delivered frames/s, frames lost (every one counted in Edge:Dropped_RBV)
 # and the edge's CPU per frame thread by thread (edge_threads_us_per_frame), which says
 # whether the GPU or the edge's own per-frame work bounds the stream.
@@ -26,6 +28,7 @@ py=${2:-python3}
 limit=${GPU_EDGE_LIMIT_S:-200}
 frames=${GPU_EDGE_FRAMES:-20000}
 device=${GPU_EDGE_DEVICE:-cuda}  # cpu: a dry run of this script on any box
+lanes=${GPU_EDGE_LANES:-4}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,8 +56,9 @@ step() {  # step NAME COMMAND...: one measurement, its last line kept as NAME.js
 }
 
 gpu=(--batch-size 256 --input-queue 1024 --frames "$frames" --stitch-process)
+step bench-cuda-lanes "$py" -m ptychoflow.cli bench edge --json --engine torch \
+    --device "$device" --rate 20000 --lanes "$lanes" --no-baseline "${gpu[@]}"
+step ceiling-lanes "$py" "$here/edge_io_ceiling.py" --rates 20000 --lanes "$lanes" "${gpu[@]}"
 step bench-cuda "$py" -m ptychoflow.cli bench edge --json --engine torch --device "$device" \
     --rate 20000 "${gpu[@]}"
 step ceiling-stitch "$py" "$here/edge_io_ceiling.py" --rates 10000 20000 "${gpu[@]}"
-step ceiling-nostitch "$py" "$here/edge_io_ceiling.py" --rates 20000 --no-stitch \
-    --batch-size 256 --input-queue 1024 --frames "$frames"
