@@ -310,6 +310,10 @@ class LaneSet:
                  conf: Mapping[str, str] | None = None) -> None:
         from ptychoflow.edge.service import ModelNote
 
+        if settings.workers > 1:
+            raise ValueError(f"--workers {settings.workers} with {len(inputs)} inputs: each "
+                             "lane runs its own engine (on its own GPU where there are "
+                             "several); drop --workers, or give one input")
         self._note_cls = ModelNote
         self.fifo = fifo
         self.message = message

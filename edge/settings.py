@@ -17,7 +17,9 @@ class EdgeSettings:
     """Everything a user sets for the edge service (defaults < ``[edge]`` in TOML < flags)."""
 
     prefix: str = setting(DEFAULT_PREFIX, "PV prefix of the edge PVs")
-    input: str = setting("", "detector NTNDArray PV to follow (also settable via Edge:Input)")
+    input: str = setting("", "detector NTNDArray PV to follow (also settable via Edge:Input); "
+                             "several, space-separated (a detector scattering its frames "
+                             "over several PVs): one lane process each")
     model: str = setting("", "ONNX model to serve (model-vN.onnx, its card model-vN.json beside)")
     model_dir: str = setting("", "folder models may be loaded from (default: the folder of "
                                  "--model); paths outside it are refused")
