@@ -205,15 +205,17 @@ class _Lane:
         meta = ([f.unique_id for f in b.frames], [f.timestamp for f in b.frames],
                 [f.attributes.get(attr) for f in b.frames], b.arrivals, b.positions,
                 b.accounted)
-        need = phase.nbytes + (amp.nbytes if amp is not None else 0)
-        if need > self.shms[0].size:
-            self.send(("batch", None, meta, phase, amp))  # too big for a slot: inline
+        # the images go out as float32 whatever the engine's output type
+        need = 4 * (phase.size + (amp.size if amp is not None else 0))
+        if need > self.shms[0].size:  # too big for a slot: inline
+            self.send(("batch", None, meta, phase.astype(np.float32, copy=False),
+                       None if amp is None else amp.astype(np.float32, copy=False)))
             return
         slot = self.free.get()
         buf = self.shms[slot].buf
         np.ndarray(phase.shape, np.float32, buf)[...] = phase
         if amp is not None:
-            np.ndarray(amp.shape, np.float32, buf, offset=phase.nbytes)[...] = amp
+            np.ndarray(amp.shape, np.float32, buf, offset=4 * phase.size)[...] = amp
         self.send(("batch", slot, meta, phase.shape, amp is not None))
 
 
@@ -450,7 +452,7 @@ class LaneSet:
                 raise ValueError("a model is already being loaded; wait for Message_RBV to "
                                  "say it is done")
             resolve_model_path(spec, self.model_dir, self.settings.int8)  # refuse at the put
-            self._loading = {h.index for h in self.handles}
+            self._loading = {h.index for h in self.handles if h.proc.is_alive()}
         for h in self.handles:
             h.send(("load", spec))
 
@@ -551,7 +553,7 @@ class LaneSet:
         with self._lock:
             h.model = note
             self._loading.discard(h.index)
-            models = {x.model for x in self.handles}
+            models = {x.model for x in self.handles if x.proc.is_alive()}  # a lane left down
         if len(models) == 1:
             self.fifo.put(self._note(note))
 
