@@ -1,0 +1,36 @@
+"""Lanes, the parts that need no server: GPUs per lane, refusals, slot sizes."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import pytest
+
+from ptychoflow.edge.lanes import LaneSet, _gpus_for_lanes, slot_bytes
+from ptychoflow.edge.service import split_inputs
+from ptychoflow.edge.settings import EdgeSettings
+
+
+def test_inputs_split_on_spaces_and_commas() -> None:
+    assert split_inputs(" P:Pva1:Image,P:Pva2:Image  P:Pva3:Image ") == [
+        "P:Pva1:Image", "P:Pva2:Image", "P:Pva3:Image"]
+    assert split_inputs("") == []
+
+
+def test_lanes_take_the_visible_gpus_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert _gpus_for_lanes(3) == ["2", "3", "2"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # one GPU: all lanes share it
+    assert _gpus_for_lanes(2) == ["", ""]
+
+
+def test_workers_with_lanes_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="each lane runs its own engine"):
+        LaneSet(EdgeSettings(workers=2, model_dir=str(tmp_path)), tmp_path, ["A", "B"],
+                queue.Queue(), print)
+
+
+def test_a_slot_holds_a_full_batch_of_phase_and_amplitude() -> None:
+    assert slot_bytes(EdgeSettings(batch_size=256)) >= 256 * 2 * 128 * 128 * 4
+    assert slot_bytes(EdgeSettings(batch_size=1)) == 4 << 20
