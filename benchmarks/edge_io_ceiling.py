@@ -12,7 +12,8 @@ engine is faster than this ceiling (a GPU), the ceiling is what the stream gets;
 machine whose source and client run elsewhere the edge has the cores to itself.
 
 Prints one JSON object per rate: ``delivered_fps`` (steady rate at the client, better
-of two passes), ``complete`` (every frame of both passes arrived), ``dropped``
+of two passes), ``complete`` (every frame of both passes arrived), ``missing`` (frames of
+all three passes that never reached the client), ``dropped``
 (``Edge:Dropped_RBV`` after all three passes of a rate, the latency pass included: frames
 lost on the way, every one counted), the CPU time per frame of source, edge and client, and
 the edge's by thread (``edge_threads_us_per_frame``, as ``ptychoflow bench edge`` prints it).
@@ -52,7 +53,7 @@ def main() -> None:
                 "lanes": args.lanes,
                 "frames": args.frames,
                 "delivered_fps": r["pipeline_fps"], "passes_fps": r["pipeline_fps_runs"],
-                "complete": r["complete"], "dropped": r["dropped"],
+                "complete": r["complete"], "missing": r["missing"], "dropped": r["dropped"],
                 "bad_frames": r["bad_frames"], "cpu_ms_per_frame": r["cpu_ms_per_frame"],
                 "edge_threads_us_per_frame": r["edge_threads_us_per_frame"],
             }), flush=True)

@@ -42,7 +42,7 @@ def _one(model: Path, args: argparse.Namespace, rate: float, lanes: int, tmp: Pa
     r = pipeline(model, args, rate, tmp)
     py = python_us(r["edge_threads_us_per_frame"])
     return {"lanes": lanes, "delivered_fps": r["pipeline_fps"], "complete": r["complete"],
-            "dropped": r["dropped"], "edge_python_us": round(py, 1),
+            "missing": r["missing"], "dropped": r["dropped"], "edge_python_us": round(py, 1),
             "python_ceiling_fps": round(1e6 / py) if py > 0 else None,
             "cpu_ms_per_frame": r["cpu_ms_per_frame"],
             "edge_threads_us_per_frame": r["edge_threads_us_per_frame"]}

@@ -278,6 +278,10 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                 "latency_rate_hz": round(float(args.latency_load * fps), 1),
                 "pipeline_frames": len(rows), "latency_frames": len(lat_rows),
                 "complete": complete,
+                # frames of the three passes that never reached the client; with a client
+                # that keeps up, each is one the edge counted (dropped or bad)
+                "missing": sum(n - len({r[1] for r in rs})
+                               for rs in [ps[1] for ps in passes] + [lat_rows]),
                 "dropped": dropped, "bad_frames": bad, "cpu_ms_per_frame": cpu_ms,
                 "edge_threads_us_per_frame": threads_us}
     finally:
