@@ -28,7 +28,7 @@ from ptychoflow.edge.intake import CLOSE, Intake, Position, Skipped, Swapped
 from ptychoflow.edge.scheduling import name_os_thread
 from ptychoflow.edge.server import EdgeServer
 from ptychoflow.edge.settings import EdgeSettings
-from ptychoflow.edge.stitch import Stitcher, StitchError
+from ptychoflow.edge.stitch import ScanFollower, Stitcher, StitchError
 from ptychoflow.edge.stitchproc import StitchProcess, StitchProcessError
 from ptychoflow.edge.swap import Served, auto_streams, prepare
 from ptychoflow.ntnda import Frame
@@ -102,10 +102,8 @@ class EdgeService:
         self.latencies: deque[float] = deque(maxlen=10_000)
         self._last_bad_msg = 0.0
         self.stitcher: Stitcher | StitchProcess | None = None
-        self._scan_key: Any = None
         self._last_pub: Frame | None = None  # the last frame published (ids for the map)
-        self._stitch_uid: dict[int, int] = {}  # per lane: the last uniqueId stitched
-        self._restarted: set[int] = set()  # lanes yet to see the new scan another lane began
+        self._scans = ScanFollower()  # which frames start a new map, and which go on it
         self.intake: Intake | None = None
         self.lanes: LaneSet | None = None  # with several inputs
         self.model: ModelNote | None = None
@@ -310,8 +308,8 @@ class EdgeService:
         try:
             for i, f in enumerate(b.frames):
                 pos = b.positions[i]
-                if pos is not None and self.stitcher is not None:
-                    self._maybe_new_scan(f, b.lane)
+                if pos is not None and self.stitcher is not None \
+                        and self._maybe_new_scan(f, b.lane):
                     try:
                         self.stitcher.add(phase[i], pos[0], pos[1])
                         stitched = True
@@ -330,27 +328,14 @@ class EdgeService:
         self.processed += n
         return stitched
 
-    def _maybe_new_scan(self, f: Frame, lane: int) -> None:
-        """A uniqueId that went backwards or a new scan id attribute starts a new map.
-
-        With several lanes the ids interleave, so each lane's are compared with its
-        own; the lane that sees the restart first starts the map, and the others'
-        own step back to the new scan then starts nothing more.
-        """
+    def _maybe_new_scan(self, f: Frame, lane: int) -> bool:
+        """A new scan starts a new map (see ScanFollower); whether ``f`` goes on the map."""
         assert self.stitcher is not None
-        key = f.attributes.get(self.settings.scan_id_attribute)
-        prev = self._stitch_uid.get(lane)
-        restart = prev is not None and f.unique_id < prev
-        if restart and lane in self._restarted:
-            self._restarted.discard(lane)  # the scan another lane already started
-            restart = False
-        if restart or key != self._scan_key:
-            if self.stitcher.count:
-                self.stitcher.reset()
-            self._stitch_uid = {}
-            self._restarted = set(range(self.n_lanes)) - {lane} if restart else set()
-        self._scan_key = key
-        self._stitch_uid[lane] = f.unique_id
+        new_map, on_map = self._scans.place(lane, f.unique_id,
+                                            f.attributes.get(self.settings.scan_id_attribute))
+        if new_map and self.stitcher.count:
+            self.stitcher.reset()
+        return on_map
 
     def _stitch_process_gone(self, exc: Exception) -> None:
         log.error("%s", exc)

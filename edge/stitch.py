@@ -152,3 +152,36 @@ class Stitcher:
         """Map (row, col) of the point (x, y) metres from the object centre."""
         y0, x0 = self.origin_m
         return (y_m - y0) / self.pixel, (x_m - x0) / self.pixel
+
+
+class ScanFollower:
+    """Which map a frame belongs on, when scans follow each other (one map per scan).
+
+    A new scan: the uniqueId went backwards or the scan id attribute changed.
+    With several lanes the ids interleave, so each lane is compared with its own
+    last frame. The lane that sees the new scan first starts the new map; the
+    other lanes' frames of the old scan that still arrive are left off it (they
+    are published all the same) until each of those lanes reaches the new scan.
+    With one input this is the plain rule: a new scan starts a new map.
+    """
+
+    def __init__(self) -> None:
+        self._uid: dict[int, int] = {}  # per lane: the last uniqueId placed
+        self._key: dict[int, object] = {}  # per lane: that frame's scan id attribute
+        self._scan: object = None  # the scan id attribute of the current map
+        self._behind: set[int] = set()  # lanes yet to reach the scan another lane began
+
+    def place(self, lane: int, unique_id: int, key: object) -> tuple[bool, bool]:
+        """(start a new map first, put this frame on the map)."""
+        prev = self._uid.get(lane)
+        changed = prev is not None and (unique_id < prev or key != self._key[lane])
+        self._uid[lane] = unique_id
+        self._key[lane] = key
+        if changed and lane in self._behind:
+            self._behind.discard(lane)  # joins the scan another lane began
+            return False, True
+        if changed or (prev is None and key != self._scan and not self._behind):
+            self._scan = key
+            self._behind = {x for x in self._uid if x != lane} if changed else set()
+            return True, True
+        return False, lane not in self._behind

@@ -102,3 +102,39 @@ def test_map_size_is_bounded() -> None:
 def test_pixel_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="pixel-size"):
         Stitcher(0.0)
+
+
+def test_one_input_a_new_scan_starts_a_new_map() -> None:
+    from ptychoflow.edge.stitch import ScanFollower
+
+    sf = ScanFollower()
+    assert sf.place(0, 1, "a") == (True, True)  # the first scan's map
+    assert sf.place(0, 2, "a") == (False, True)
+    assert sf.place(0, 3, "b") == (True, True)  # scan id changed
+    assert sf.place(0, 1, "b") == (True, True)  # ids went back
+    assert sf.place(0, 2, None) == (True, True)  # the attribute went away
+
+
+def test_lanes_old_scan_frames_stay_off_the_new_map() -> None:
+    from ptychoflow.edge.stitch import ScanFollower
+
+    sf = ScanFollower()
+    assert sf.place(0, 1, "a") == (True, True)
+    assert sf.place(1, 2, "a") == (False, True)  # interleaved ids are not a new scan
+    assert sf.place(0, 3, "a") == (False, True)
+    assert sf.place(0, 1, "b") == (True, True)  # lane 0 reaches scan b first
+    assert sf.place(1, 4, "a") == (False, False)  # lane 1 still in scan a: off the map
+    assert sf.place(1, 2, "b") == (False, True)  # lane 1 joins scan b: no second reset
+    assert sf.place(0, 3, "b") == (False, True)
+    assert sf.place(1, 4, "b") == (False, True)
+
+
+def test_lanes_without_scan_ids_follow_the_ids() -> None:
+    from ptychoflow.edge.stitch import ScanFollower
+
+    sf = ScanFollower()
+    for uid in range(1, 9):  # the map is new already: nothing to start
+        assert sf.place(uid % 2, uid, None) == (False, True)
+    assert sf.place(1, 1, None) == (True, True)  # lane 1 restarts first
+    assert sf.place(0, 10, None) == (False, False)
+    assert sf.place(0, 2, None) == (False, True)
