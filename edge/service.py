@@ -98,7 +98,7 @@ class EdgeService:
                                                                4 * self.n_lanes))
         self._reset = threading.Event()
         self.processed = 0
-        self._bad_here = 0  # patches the map refused
+        self._bad_here = 0  # found here: patches the map refused, batches the engine failed
         self.latencies: deque[float] = deque(maxlen=10_000)
         self._last_bad_msg = 0.0
         self.stitcher: Stitcher | StitchProcess | None = None
