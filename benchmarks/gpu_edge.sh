@@ -29,6 +29,8 @@ limit=${GPU_EDGE_LIMIT_S:-200}
 frames=${GPU_EDGE_FRAMES:-20000}
 device=${GPU_EDGE_DEVICE:-cuda}  # cpu: a dry run of this script on any box
 lanes=${GPU_EDGE_LANES:-4}
+# which measurements to run, in order (a device's time is short: four at 130 s fit in 10 min)
+steps=${GPU_EDGE_STEPS:-bench-cuda-lanes ceiling-lanes bench-cuda ceiling-stitch}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,6 +48,7 @@ cat "$out/gpu.txt"
 step() {  # step NAME COMMAND...: one measurement, its last line kept as NAME.json
     local name=$1
     shift
+    case " $steps " in *" $name "*) ;; *) echo "== $name: skipped (GPU_EDGE_STEPS)"; return ;; esac
     echo "== $name: $*"
     # SIGINT, not TERM: Python then runs its finally blocks, which stop the source and edge
     timeout -s INT -k 20 "$limit" "$@" >"$out/$name.log" 2>&1
