@@ -84,6 +84,7 @@ class _Lane:
             self.free.put(i)
         self.failed = 0  # frames whose inference failed (bad frames)
         self.scan_attr = settings.scan_id_attribute  # the one attribute the map needs
+        self.scheduling = settings.scheduling
         served: Served | None = None
         error = ""
         if settings.model:
@@ -114,6 +115,16 @@ class _Lane:
         return {"bad": it.bad + self.failed, "dropped": it.dropped,
                 "received": it.accepted, "connected": int(it.monitor.connected)}
 
+    def _level(self) -> None:
+        """EPICS gives its network threads real-time priority where it may; level them.
+
+        As the edge process does for its own (see scheduling.level_realtime_threads):
+        a real-time receiving thread would preempt this lane's engine at every frame.
+        """
+        from ptychoflow.edge.scheduling import level_realtime_threads
+
+        level_realtime_threads(self.scheduling)
+
     def run(self) -> None:
         """Follow commands until told to stop and every batch is handed over."""
         sender = threading.Thread(target=self._send_batches, name="edge-lane-send",
@@ -129,6 +140,7 @@ class _Lane:
                 self.free.put(msg[1])
             elif kind == "start":
                 self.intake.start()
+                self._level()
             elif kind == "seen":  # a restarted lane: the frame its predecessor did last
                 self.intake.seen(msg[1], msg[2])
             elif kind == "follow":
@@ -169,6 +181,7 @@ class _Lane:
 
         name_os_thread()
         last_counts = 0.0
+        leveled = False
         while True:
             try:
                 entry = self.fifo.get(timeout=COUNTS_PERIOD_S)
@@ -189,7 +202,11 @@ class _Lane:
                 now = time.monotonic()
                 if now - last_counts >= COUNTS_PERIOD_S:
                     last_counts = now
-                    self.send(("counts", self.counts()))
+                    counts = self.counts()
+                    if counts["connected"] and not leveled:
+                        leveled = True
+                        self._level()  # the connection's threads exist now
+                    self.send(("counts", counts))
             except (BrokenPipeError, EOFError, OSError):
                 if entry is CLOSE:
                     return
