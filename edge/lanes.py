@@ -18,7 +18,7 @@ than growing memory.
 
 What the edge process keeps per frame is the post and the map; decoding,
 checks, preprocessing and batching move to the lanes (on 2 cores its Python
-per frame fell from 75-95 us to 31-52 us, ``benchmarks/edge_lanes.py``).
+per frame fell from 72-96 us to 31-58 us, ``benchmarks/edge_lanes.py``).
 The uniqueIds of one lane are not consecutive (the scatter decides which lane
 gets a frame), so no lane can count gaps: each reports every frame it took,
 in order, and the edge process counts the ids no lane saw
