@@ -139,6 +139,20 @@ def test_lanes_swap_models_without_loss_and_count_bad_frames(
                                                               "PositionY": 0.0})
     collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= n + 3)
     collector.wait_value(prefix + "Edge:Dropped_RBV", lambda v: v == 2)
+    # frames discarded while disabled were seen: not counted as lost
+    collector.put(prefix + "Edge:Enable", 0)
+    for uid in (n + 8, n + 9, n + 10):
+        two.publish(np.full((32, 32), 1.0, np.float32), uid, {"PositionX": 0.0,
+                                                              "PositionY": 0.0})
+    time.sleep(2.0)
+    collector.put(prefix + "Edge:Enable", 1)
+    for uid in (n + 11, n + 12):
+        two.publish(np.full((32, 32), 1.0, np.float32), uid, {"PositionX": 0.0,
+                                                              "PositionY": 0.0})
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= n + 5)
+    assert [f.unique_id for f in got[n + 3:]] in ([n + 11, n + 12], [n + 12, n + 11])
+    time.sleep(1.5)  # the ledger settles once nothing is in flight
+    assert collector.get(prefix + "Edge:Dropped_RBV") == 2
     # another number of inputs than lanes is refused at the put
     with pytest.raises(Exception, match="runs 2 lanes"):
         collector.put(prefix + "Edge:Input", two.pvs[0])
