@@ -44,6 +44,21 @@ CLOSE = object()
 Position = tuple[float, float] | None
 
 
+class Every:
+    """True at most once per ``period_s``: for messages that would otherwise come per frame."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_s = period_s
+        self._last = -period_s
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.period_s:
+            return False
+        self._last = now
+        return True
+
+
 @dataclass
 class Swapped:
     """The collector switched models: batches after this note come from ``new``."""
@@ -108,14 +123,14 @@ class Intake:
         self.enabled = True
         self.bad = 0
         self.missed = 0  # uniqueId gaps: frames lost before they reached the edge
-        self.count_gaps = True
         # lanes: every frame taken is reported in order (LocalBatch.accounted, Skipped),
-        # so the edge process can tell frames lost upstream (ptychoflow.edge.ledger)
+        # so the edge process can tell frames lost upstream (ptychoflow.edge.ledger); the
+        # lane's own ids skip the other lanes' frames, so it counts no gaps itself
         self.account = False
         self.accepted = 0  # frames put on the queue (each is then published, bad or dropped)
         self._last_uid: int | None = None
         self._last_ts = 0.0
-        self._last_bad_msg = 0.0
+        self._say = Every(1.0)  # bad frames, frames without a model: a message a second
         self._stop = threading.Event()
         self.swapper = HotSwapper(settings, model_dir, message)
         self.monitor = InputMonitor(self._on_frame, message, conf, settings.input_queue)
@@ -128,10 +143,24 @@ class Intake:
         if self.settings.input:
             self.monitor.follow(self.settings.input)
 
-    def follow(self, pv: str) -> None:
-        """Follow another input PV (a new source: uniqueIds start afresh)."""
+    def follow(self, pvs: list[str]) -> None:
+        """Follow another input PV, or none (a new source: uniqueIds start afresh).
+
+        ValueError for several: those need lanes, which start with the edge.
+        """
+        if len(pvs) > 1:
+            raise ValueError(f"this edge follows one input; restart it with --input "
+                             f"\"{' '.join(pvs)}\" to run one lane per input")
         self._last_uid = None
-        self.monitor.follow(pv)
+        self.monitor.follow(pvs[0] if pvs else "")
+
+    def set_enabled(self, on: bool) -> None:
+        """Edge:Enable: when off, frames are taken and discarded."""
+        self.enabled = on
+
+    def request(self, spec: str) -> None:
+        """Edge:Model:Load: load, check and warm up ``spec``, swap it in between batches."""
+        self.swapper.request(spec)
 
     def seen(self, unique_id: int, timestamp: float) -> None:
         """Treat this frame as done already (a restarted lane's source re-sends it)."""
@@ -151,7 +180,7 @@ class Intake:
             last = self._last_uid
             if last is not None and f.unique_id == last and f.timestamp == self._last_ts:
                 return  # the same frame again (a reconnect re-sends the current value)
-            if self.count_gaps and last is not None and f.unique_id > last + 1:
+            if not self.account and last is not None and f.unique_id > last + 1:
                 self.missed += f.unique_id - last - 1
             self._last_uid, self._last_ts = f.unique_id, f.timestamp
         self.accepted += 1
@@ -161,9 +190,7 @@ class Intake:
     def bad_frame(self, why: str) -> None:
         """Count one bad frame; say why on Message_RBV at most once a second."""
         self.bad += 1
-        now = time.monotonic()
-        if now - self._last_bad_msg > 1.0:  # one message a second, not one per frame
-            self._last_bad_msg = now
+        if self._say():
             self.message(f"bad frame skipped ({self.bad} so far): {why}")
 
     def _check(self, item: Incoming, served: Served) -> Position | str:
@@ -271,9 +298,7 @@ class Intake:
             self.fifo.put(Skipped(acc))
         if items:
             self.unserved += len(items)
-            now = time.monotonic()
-            if now - self._last_bad_msg > 1.0:
-                self._last_bad_msg = now
+            if self._say():
                 self.message(f"no model loaded: {self.unserved} frame(s) not processed (counted "
                              "in Dropped_RBV); put a model path to Edge:Model:Load")
 

@@ -1,5 +1,8 @@
 """Lanes: one process per input PV, for detectors whose frames are split over several PVs.
 
+This module is the edge process's side (:class:`LaneSet`); the lane process
+itself is :mod:`ptychoflow.edge.lane`.
+
 At thousands of frames a second the edge's own Python work per frame, not
 the engine, sets the pace, and one process's Python takes turns on one
 interpreter lock (README, "Thousands of frames a second"). areaDetector
@@ -43,226 +46,25 @@ from typing import Any
 
 import numpy as np
 
-from ptychoflow.edge.intake import CLOSE, Accounted, Intake, LocalBatch, Position, Skipped, Swapped
+from ptychoflow.edge.intake import CLOSE, Accounted, Position
+from ptychoflow.edge.lane import SLOTS, Note, lane_main, slot_bytes, slot_views
 from ptychoflow.edge.ledger import FrameLedger
 from ptychoflow.edge.model import ModelError, resolve_model_path
 from ptychoflow.edge.settings import EdgeSettings
-from ptychoflow.edge.swap import WARMUP_TIMEOUT_S, Served, auto_streams, prepare
+from ptychoflow.edge.swap import WARMUP_TIMEOUT_S, ModelNote
 from ptychoflow.ntnda import Frame
 
 log = logging.getLogger(__name__)
 
-SLOTS = 4
 IDLE_SETTLE_S = 1.0
 """With no frame for this long and none in any lane, the ledger's tail is settled."""
 
 RESTART_AFTER_S = 10.0
 """A lane that dies is restarted unless it had run for less than this."""
-"""Shared-memory slots per lane: batches a lane may have handed over and not got back."""
 
-COUNTS_PERIOD_S = 0.25
 _EMPTY = np.zeros((0, 0), np.uint8)
 
 
-def slot_bytes(settings: EdgeSettings) -> int:
-    """One slot holds a full batch of 128x128 phase and amplitude images (larger go inline)."""
-    return max(4 << 20, settings.batch_size * 2 * 128 * 128 * 4)
-
-
-# ---- the lane process --------------------------------------------------------------------
-class _Lane:
-    """Inside a lane process: an :class:`Intake` whose batches go to the edge process."""
-
-    def __init__(self, index: int, settings: EdgeSettings, model_dir: Path, conn: Connection,
-                 slot_names: list[str], conf: Mapping[str, str] | None) -> None:
-        self.index = index
-        self.conn = conn
-        self._send_lock = threading.Lock()
-        self.shms = [SharedMemory(name=n) for n in slot_names]
-        self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for i in range(len(self.shms)):
-            self.free.put(i)
-        self.failed = 0  # frames whose inference failed (bad frames)
-        self.scan_attr = settings.scan_id_attribute  # the one attribute the map needs
-        self.scheduling = settings.scheduling
-        served: Served | None = None
-        error = ""
-        if settings.model:
-            try:
-                served = prepare(settings.model, settings, model_dir)
-            except Exception as exc:  # noqa: BLE001 - said to the edge process, which refuses
-                error = str(exc)
-        parallel = settings.streams or auto_streams(settings.threads)
-        self.fifo: queue.Queue[Any] = queue.Queue(maxsize=2 * parallel + 1)
-        self.intake = Intake(settings, model_dir, served, self.fifo, self.say, conf)
-        self.intake.count_gaps = False  # this lane's ids skip the other lanes' frames
-        self.intake.account = True  # the edge process counts what no lane saw
-        self.intake.swapper.on_refused = lambda spec, why: self.send(("refused", spec, why))
-        self.send(("ready", _note(served), error))
-
-    def send(self, msg: tuple[Any, ...]) -> None:
-        """To the edge process (from any thread of the lane)."""
-        with self._send_lock:
-            self.conn.send(msg)
-
-    def say(self, text: str) -> None:
-        """Message_RBV of the edge."""
-        self.send(("msg", text))
-
-    def counts(self) -> dict[str, int]:
-        """Counters of the lane, cumulative."""
-        it = self.intake
-        return {"bad": it.bad + self.failed, "dropped": it.dropped,
-                "received": it.accepted, "connected": int(it.monitor.connected)}
-
-    def _level(self) -> None:
-        """EPICS gives its network threads real-time priority where it may; level them.
-
-        As the edge process does for its own (see scheduling.level_realtime_threads):
-        a real-time receiving thread would preempt this lane's engine at every frame.
-        """
-        from ptychoflow.edge.scheduling import level_realtime_threads
-
-        level_realtime_threads(self.scheduling)
-
-    def run(self) -> None:
-        """Follow commands until told to stop and every batch is handed over."""
-        sender = threading.Thread(target=self._send_batches, name="edge-lane-send",
-                                  daemon=True)
-        sender.start()
-        while True:
-            try:
-                msg = self.conn.recv()
-            except (EOFError, OSError):  # the edge process went away: stop
-                msg = ("stop",)
-            kind = msg[0]
-            if kind == "free":
-                self.free.put(msg[1])
-            elif kind == "start":
-                self.intake.start()
-                self._level()
-            elif kind == "seen":  # a restarted lane: the frame its predecessor did last
-                self.intake.seen(msg[1], msg[2])
-            elif kind == "follow":
-                self.intake.follow(msg[1])
-            elif kind == "enable":
-                self.intake.enabled = bool(msg[1])
-            elif kind == "load":
-                try:
-                    self.intake.swapper.request(msg[1])
-                except ValueError as exc:
-                    self.send(("refused", msg[1], str(exc)))
-            elif kind == "stop":
-                # the collector drains on its own thread; slots keep coming back meanwhile
-                threading.Thread(target=self.intake.stop, daemon=True).start()
-                self._drain_commands(sender)
-                break
-        self.intake.close()
-        for shm in self.shms:
-            shm.close()
-
-    def _drain_commands(self, sender: threading.Thread) -> None:
-        """Take slots back until the sender has handed over the last batch."""
-        while sender.is_alive():
-            try:
-                if self.conn.poll(0.05):
-                    msg = self.conn.recv()
-                    if msg[0] == "free":
-                        self.free.put(msg[1])
-            except (EOFError, OSError):
-                # nobody takes the batches any more: let the sender finish without them
-                for i in range(len(self.shms)):
-                    self.free.put(i)
-                sender.join(30)
-                return
-
-    def _send_batches(self) -> None:
-        from ptychoflow.edge.scheduling import name_os_thread
-
-        name_os_thread()
-        last_counts = 0.0
-        leveled = False
-        while True:
-            try:
-                entry = self.fifo.get(timeout=COUNTS_PERIOD_S)
-            except queue.Empty:
-                entry = None
-            try:
-                if entry is CLOSE:
-                    self.send(("closed", self.counts()))
-                    return
-                if isinstance(entry, Swapped):
-                    if entry.old is not None:
-                        entry.old.runner.close()
-                    self.send(("model", _note(entry.new)))
-                elif isinstance(entry, LocalBatch):
-                    self._hand_over(entry)
-                elif isinstance(entry, Skipped):
-                    self.send(("skipped", entry.accounted))
-                now = time.monotonic()
-                if now - last_counts >= COUNTS_PERIOD_S:
-                    last_counts = now
-                    counts = self.counts()
-                    if counts["connected"] and not leveled:
-                        leveled = True
-                        self._level()  # the connection's threads exist now
-                    self.send(("counts", counts))
-            except (BrokenPipeError, EOFError, OSError):
-                if entry is CLOSE:
-                    return
-
-    def _hand_over(self, b: LocalBatch) -> None:
-        try:
-            phase, amp = b.outputs()
-        except Exception as exc:  # noqa: BLE001 - an engine failure must not stop the lane
-            self.failed += len(b.frames)
-            self.say(f"inference failed on {len(b.frames)} frame(s): {exc}")
-            if b.accounted:
-                self.send(("skipped", b.accounted))
-            return
-        attr = self.scan_attr
-        meta = ([f.unique_id for f in b.frames], [f.timestamp for f in b.frames],
-                [f.attributes.get(attr) for f in b.frames], b.arrivals, b.positions,
-                b.accounted)
-        # the images go out as float32 whatever the engine's output type
-        need = 4 * (phase.size + (amp.size if amp is not None else 0))
-        if need > self.shms[0].size:  # too big for a slot: inline
-            self.send(("batch", None, meta, phase.astype(np.float32, copy=False),
-                       None if amp is None else amp.astype(np.float32, copy=False)))
-            return
-        slot = self.free.get()
-        buf = self.shms[slot].buf
-        np.ndarray(phase.shape, np.float32, buf)[...] = phase
-        if amp is not None:
-            np.ndarray(amp.shape, np.float32, buf, offset=4 * phase.size)[...] = amp
-        self.send(("batch", slot, meta, phase.shape, amp is not None))
-
-
-Note = tuple[int, str, float, str]
-"""A lane's model: version, path, output pixel size, where it runs."""
-
-
-def _note(served: Served | None) -> Note | None:
-    if served is None:
-        return None
-    info = served.info
-    return (info.version, str(info.path), info.pixel_size_m, served.runner.describe())
-
-
-def _lane_main(index: int, settings: EdgeSettings, model_dir: str, conn: Connection,
-               slot_names: list[str], conf: Mapping[str, str] | None, gpu: str) -> None:
-    """Entry point of a lane process (spawned: no EPICS thread is forked)."""
-    from ptychoflow.edge.scheduling import name_os_thread
-
-    if gpu:
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before any engine touches CUDA
-    name_os_thread(f"edge-lane{index}")
-    logging.basicConfig(level=logging.WARNING)
-    lane = _Lane(index, settings, Path(model_dir), conn, slot_names, conf)
-    lane.run()
-
-
-# ---- the edge process's side --------------------------------------------------------------
 class LaneBatch:
     """A lane's batch as the publisher takes it: outputs read in place from the slot."""
 
@@ -329,13 +131,10 @@ class LaneSet:
     def __init__(self, settings: EdgeSettings, model_dir: Path, inputs: list[str],
                  fifo: queue.Queue[Any], message: Callable[[str], None],
                  conf: Mapping[str, str] | None = None) -> None:
-        from ptychoflow.edge.service import ModelNote
-
         if settings.workers > 1:
             raise ValueError(f"--workers {settings.workers} with {len(inputs)} inputs: each "
                              "lane runs its own engine (on its own GPU where there are "
                              "several); drop --workers, or give one input")
-        self._note_cls = ModelNote
         self.fifo = fifo
         self.message = message
         self.model_dir = model_dir
@@ -373,7 +172,7 @@ class LaneSet:
         lane_settings = dataclasses.replace(self.settings, input=pv, workers=1,
                                             threads=self._threads,
                                             model=self._model if model is None else model)
-        proc = ctx.Process(target=_lane_main, name=f"edge-lane{index}", daemon=True,
+        proc = ctx.Process(target=lane_main, name=f"edge-lane{index}", daemon=True,
                            args=(index, lane_settings, str(self.model_dir), theirs,
                                  [s.name for s in shms], self._conf, self._gpus[index]))
         proc.start()
@@ -434,10 +233,10 @@ class LaneSet:
                      "Dropped_RBV")
         return True
 
-    def _note(self, note: Note) -> Any:
+    def _note(self, note: Note) -> ModelNote:
         version, path, pixel, where = note
-        return self._note_cls(version, Path(path).name, pixel,
-                              f"{len(self.handles)} lanes, each {where}")
+        return ModelNote(version, Path(path).name, pixel,
+                         f"{len(self.handles)} lanes, each {where}")
 
     def start(self) -> None:
         """Start the readers, then let every lane follow its input."""
@@ -527,7 +326,7 @@ class LaneSet:
                 else:
                     key = (slot, tuple(shape), bool(amp_flag))
                     if key not in views:
-                        views[key] = _views(h.shms[slot], tuple(shape), bool(amp_flag))
+                        views[key] = slot_views(h.shms[slot].buf, tuple(shape), bool(amp_flag))
                     phase, amp = views[key]
                     release = _freer(h, slot, h.conn)
                 h.last = (uids[-1], stamps[-1])
@@ -614,13 +413,6 @@ class LaneSet:
 
 def _nothing() -> None:
     return None
-
-
-def _views(shm: SharedMemory, shape: tuple[int, ...], amp: bool
-           ) -> tuple[np.ndarray, np.ndarray | None]:
-    phase = np.ndarray(shape, np.float32, shm.buf)
-    nbytes = phase.nbytes
-    return phase, (np.ndarray(shape, np.float32, shm.buf, offset=nbytes) if amp else None)
 
 
 def _freer(h: _Handle, slot: int, conn: Connection) -> Callable[[], None]:

@@ -97,30 +97,20 @@ def _group(name: str) -> str:
     return "lanes" if name.startswith("edge-lane") else name
 
 
-def _children_cpu_s(pid: int) -> dict[str, float]:
-    """CPU seconds so far of the edge's child processes, summed by group."""
-    out: dict[str, float] = {}
+def _children_cpu_s(pid: int) -> tuple[dict[str, float], dict[str, float]]:
+    """CPU seconds so far of the edge's child processes: by group, and by "group/thread"."""
+    procs: dict[str, float] = {}
+    threads: dict[str, float] = {}
     for kid, name in children(pid).items():
+        group = _group(name)
         try:
-            spent = _cpu_s(kid)
-        except OSError:
+            total, by_thread = _cpu_s(kid), thread_cpu_s(kid)
+        except OSError:  # the child ended meanwhile
             continue
-        out[_group(name)] = out.get(_group(name), 0.0) + spent
-    return out
-
-
-def _children_threads_s(pid: int) -> dict[str, float]:
-    """CPU seconds of the edge's child processes' threads, as "group/thread name"."""
-    out: dict[str, float] = {}
-    for kid, name in children(pid).items():
-        try:
-            spent = thread_cpu_s(kid)
-        except OSError:
-            continue
-        for t, v in spent.items():
-            key = f"{_group(name)}/{t}"
-            out[key] = out.get(key, 0.0) + v
-    return out
+        procs[group] = procs.get(group, 0.0) + total
+        for t, v in by_thread.items():
+            threads[f"{group}/{t}"] = threads.get(f"{group}/{t}", 0.0) + v
+    return procs, threads
 
 
 def _steady_rate(times: list[float]) -> float:
@@ -231,9 +221,10 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                 if new:
                     if not rows:
                         cpu0.update({k: _cpu_s(v) for k, v in pids.items()})
+                        kids, kid_threads = _children_cpu_s(procs[1].pid)
                         threads0.update(thread_cpu_s(procs[1].pid))
-                        threads0.update(_children_threads_s(procs[1].pid))
-                        kids0.update(_children_cpu_s(procs[1].pid))
+                        threads0.update(kid_threads)
+                        kids0.update(kids)
                         at_first[0] = len(new)
                     rows.extend(new)
                     last[0] = time.monotonic()
@@ -246,11 +237,12 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             cpu_ms = {k: round(1000.0 * (_cpu_s(v) - cpu0.get(k, 0.0)) / frames, 3)
                       for k, v in pids.items()}
             # the edge's child processes (lanes, the map's process) on their own lines
-            for k, v in _children_cpu_s(procs[1].pid).items():
+            kids, kid_threads = _children_cpu_s(procs[1].pid)
+            for k, v in kids.items():
                 if v - kids0.get(k, 0.0) > 0:  # not multiprocessing's idle resource tracker
                     cpu_ms[f"edge:{k}"] = round(1000.0 * (v - kids0.get(k, 0.0)) / frames, 3)
             now_threads = thread_cpu_s(procs[1].pid)
-            now_threads.update(_children_threads_s(procs[1].pid))
+            now_threads.update(kid_threads)
             spent = {k: v - threads0.get(k, 0.0) for k, v in now_threads.items()}
             threads_us = {k: round(1e6 * v / frames, 1)
                           for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}

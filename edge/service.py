@@ -18,23 +18,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-from ptychoflow.edge.intake import CLOSE, Intake, Position, Skipped, Swapped
+from ptychoflow.edge.intake import CLOSE, Every, Intake, Position, Swapped
+from ptychoflow.edge.lanes import LaneSet
 from ptychoflow.edge.scheduling import name_os_thread
 from ptychoflow.edge.server import EdgeServer
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.stitch import ScanFollower, Stitcher, StitchError
 from ptychoflow.edge.stitchproc import StitchProcess, StitchProcessError
-from ptychoflow.edge.swap import Served, auto_streams, prepare
+from ptychoflow.edge.swap import ModelNote, auto_streams, prepare
 from ptychoflow.ntnda import Frame
-
-if TYPE_CHECKING:
-    from ptychoflow.edge.lanes import LaneSet
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +41,6 @@ STATUS_PERIOD_S = 0.5
 def split_inputs(text: str) -> list[str]:
     """Input PV names from ``--input`` or an ``Edge:Input`` put: separated by spaces or commas."""
     return [t for t in text.replace(",", " ").split() if t]
-
-
-@dataclass
-class ModelNote:
-    """The model being served, as the publisher and the status PVs need it."""
-
-    version: int
-    name: str
-    pixel_size_m: float
-    where: str
-
-    @classmethod
-    def of(cls, served: Served) -> ModelNote:
-        """The note for a model served in this process."""
-        info = served.info
-        return cls(info.version, info.path.name, info.pixel_size_m, served.runner.describe())
 
 
 class Batch(Protocol):
@@ -100,12 +81,11 @@ class EdgeService:
         self.processed = 0
         self._bad_here = 0  # found here: patches the map refused, batches the engine failed
         self.latencies: deque[float] = deque(maxlen=10_000)
-        self._last_bad_msg = 0.0
+        self._say_bad = Every(1.0)  # one message a second, not one per frame
         self.stitcher: Stitcher | StitchProcess | None = None
         self._last_pub: Frame | None = None  # the last frame published (ids for the map)
         self._scans = ScanFollower()  # which frames start a new map, and which go on it
-        self.intake: Intake | None = None
-        self.lanes: LaneSet | None = None  # with several inputs
+        self.source: Intake | LaneSet  # frames in: here, or in lanes with several inputs
         self.model: ModelNote | None = None
         self.server = EdgeServer(settings.prefix, {
             "Edge:Stitched:Reset": self._on_reset,
@@ -115,21 +95,18 @@ class EdgeService:
         }, conf)
         try:
             if self.n_lanes > 1:
-                from ptychoflow.edge.lanes import LaneSet
-
-                self.lanes = LaneSet(settings, self.model_dir, inputs, self._fifo, self.message,
-                                     conf)
-                self.source: Intake | LaneSet = self.lanes
-                self.model = self.lanes.model
+                lanes = LaneSet(settings, self.model_dir, inputs, self._fifo, self.message,
+                                conf)
+                self.model = lanes.model
+                self.source = lanes
             else:
                 # Without a model the edge still serves its PVs and follows the input, so
                 # the first model of a beamtime can be deployed to it like any later one.
                 served = (prepare(str(model_path), settings, self.model_dir)
                           if model_path else None)
                 self.model = ModelNote.of(served) if served is not None else None
-                self.intake = Intake(settings, self.model_dir, served, self._fifo, self.message,
-                                     conf)
-                self.source = self.intake
+                self.source = Intake(settings, self.model_dir, served, self._fifo,
+                                     self.message, conf)
         except BaseException:
             self.server.close()
             raise
@@ -153,31 +130,15 @@ class EdgeService:
             self._reset.set()
 
     def _on_enable(self, value: int) -> None:
-        if self.lanes is not None:
-            self.lanes.set_enabled(bool(value))
-        else:
-            assert self.intake is not None
-            self.intake.enabled = bool(value)
+        self.source.set_enabled(bool(value))
         self.message("inference enabled" if value else "inference disabled; frames "
                      "are discarded")
 
     def _on_input(self, value: str) -> None:
-        if self.lanes is not None:
-            self.lanes.follow(split_inputs(value))  # ValueError refuses the put
-            return
-        pvs = split_inputs(value)
-        if len(pvs) > 1:
-            raise ValueError(f"this edge follows one input; restart it with --input "
-                             f"\"{' '.join(pvs)}\" to run one lane per input")
-        assert self.intake is not None
-        self.intake.follow(pvs[0] if pvs else "")
+        self.source.follow(split_inputs(value))  # ValueError refuses the put
 
     def _on_load(self, value: str) -> None:
-        if self.lanes is not None:
-            self.lanes.request(value)
-        else:
-            assert self.intake is not None
-            self.intake.swapper.request(value)
+        self.source.request(value)
 
     def message(self, text: str) -> None:
         """Say something on Message_RBV (and in the log)."""
@@ -185,9 +146,7 @@ class EdgeService:
 
     def _bad(self, why: str) -> None:
         self._bad_here += 1
-        now = time.monotonic()
-        if now - self._last_bad_msg > 1.0:  # one message a second, not one per frame
-            self._last_bad_msg = now
+        if self._say_bad():
             self.message(f"bad frame skipped ({self.bad} so far): {why}")
 
     @property
@@ -253,8 +212,6 @@ class EdgeService:
                 continue
             if isinstance(entry, ModelNote):  # every lane serves it now
                 self._model_changed(entry)
-                continue
-            if isinstance(entry, Skipped):  # for a lane's ledger only
                 continue
             if self._reset.is_set():
                 self._reset.clear()

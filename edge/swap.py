@@ -39,6 +39,22 @@ class Served:
     runner: Runner
 
 
+@dataclass
+class ModelNote:
+    """The model being served, as the publisher and the status PVs need it."""
+
+    version: int
+    name: str
+    pixel_size_m: float
+    where: str
+
+    @classmethod
+    def of(cls, served: Served) -> ModelNote:
+        """The note for a model served in this process."""
+        info = served.info
+        return cls(info.version, info.path.name, info.pixel_size_m, served.runner.describe())
+
+
 def _engine_kwargs(settings: EdgeSettings, model_dir: Path) -> dict[str, object]:
     return {"engine": settings.engine, "device": settings.device, "threads": settings.threads,
             "fp16": settings.fp16,
