@@ -32,6 +32,7 @@ import numpy as np
 
 from ptychoflow.edge.batcher import FrameQueue
 from ptychoflow.edge.client import Incoming, InputMonitor
+from ptychoflow.edge.ledger import GapCounter
 from ptychoflow.edge.positions import PositionSource
 from ptychoflow.edge.scheduling import name_os_thread
 from ptychoflow.edge.settings import EdgeSettings
@@ -122,14 +123,12 @@ class Intake:
         self.queue: FrameQueue[Incoming] = FrameQueue(settings.queue_size)
         self.enabled = True
         self.bad = 0
-        self.missed = 0  # uniqueId gaps: frames lost before they reached the edge
+        self.gaps = GapCounter()  # uniqueId gaps: frames lost before they reached the edge
         # lanes: every frame taken is reported in order (LocalBatch.accounted, Skipped),
         # so the edge process can tell frames lost upstream (ptychoflow.edge.ledger); the
         # lane's own ids skip the other lanes' frames, so it counts no gaps itself
         self.account = False
         self.accepted = 0  # frames put on the queue (each is then published, bad or dropped)
-        self._last_uid: int | None = None
-        self._last_ts = 0.0
         self._say = Every(1.0)  # bad frames, frames without a model: a message a second
         self._stop = threading.Event()
         self.swapper = HotSwapper(settings, model_dir, message)
@@ -139,6 +138,7 @@ class Intake:
     def start(self) -> None:
         """Start collecting, and follow the configured input PV if there is one."""
         self.queue.keep_dropped = self.account
+        self.gaps.counting = not self.account
         self._thread.start()
         if self.settings.input:
             self.monitor.follow(self.settings.input)
@@ -151,7 +151,7 @@ class Intake:
         if len(pvs) > 1:
             raise ValueError(f"this edge follows one input; restart it with --input "
                              f"\"{' '.join(pvs)}\" to run one lane per input")
-        self._last_uid = None
+        self.gaps.reset()
         self.monitor.follow(pvs[0] if pvs else "")
 
     def set_enabled(self, on: bool) -> None:
@@ -164,12 +164,12 @@ class Intake:
 
     def seen(self, unique_id: int, timestamp: float) -> None:
         """Treat this frame as done already (a restarted lane's source re-sends it)."""
-        self._last_uid, self._last_ts = unique_id, timestamp
+        self.gaps.last, self.gaps.last_ts = unique_id, timestamp
 
     @property
     def dropped(self) -> int:
         """Frames lost here: queue overflow, gaps in uniqueId, no model loaded."""
-        return self.queue.dropped + self.missed + self.unserved
+        return self.queue.dropped + self.gaps.missed + self.unserved
 
     # ---- input -------------------------------------------------------------------------
     def _on_frame(self, item: Incoming) -> None:
@@ -177,12 +177,11 @@ class Intake:
         if f is not None:
             if f.unique_id == 0:
                 return  # a server's placeholder value: detectors count frames from 1
-            last = self._last_uid
-            if last is not None and f.unique_id == last and f.timestamp == self._last_ts:
+            if self.gaps.repeat(f.unique_id, f.timestamp):
                 return  # the same frame again (a reconnect re-sends the current value)
-            if not self.account and last is not None and f.unique_id > last + 1:
-                self.missed += f.unique_id - last - 1
-            self._last_uid, self._last_ts = f.unique_id, f.timestamp
+            self.gaps.frame(f.unique_id, f.timestamp)
+        else:  # it did not decode: it still takes its id (0 where that could not be read)
+            self.gaps.frame(item.unique_id)
         self.accepted += 1
         self.queue.put(item)
 

@@ -1,9 +1,9 @@
-"""Frames lost upstream of the edge when they arrive over several lanes.
+"""Frames lost upstream of the edge: gaps in one input's ids, and ids no lane saw.
 
 With one input the edge counts a gap in ``uniqueId`` as frames lost before it
-(the source's queue for the edge overflowed, say). With several lanes the
-ids interleave across lanes in whatever way the scatter chose, so no lane
-can tell a gap from a frame another lane got. The edge process can: every
+(the source's queue for the edge overflowed, say): :class:`GapCounter`.
+With several lanes the ids interleave across lanes in whatever way the
+scatter chose, so no lane can tell a gap from a frame another lane got. The edge process can: every
 frame a lane accounts for (handed over for publishing, skipped as bad,
 dropped from its queue, or discarded while disabled or without a model)
 is reported to the :class:`FrameLedger`, in the order the lane took them.
@@ -15,6 +15,12 @@ or the scan id attribute changes) and when nothing is in flight anywhere,
 everything up to the highest id seen is settled the same way. Frames before
 the first one seen of a scan are not counted (the edge may have started
 mid-scan), as with one input.
+
+A frame that did not decode and whose uniqueId could not be read was still
+a frame the lane took (and counted bad); it holds one of the ids no lane
+reported. The lane's next id bounds which: the first id counted missed
+between that lane's neighbours of the frame is taken to be it, and not
+counted again. :class:`GapCounter` does the same for one input.
 """
 
 from __future__ import annotations
@@ -23,12 +29,52 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+_UNBOUNDED = 1 << 62
+
+
+class GapCounter:
+    """Frames lost before one input: gaps in ``uniqueId``, which detectors count up by one."""
+
+    def __init__(self) -> None:
+        self.missed = 0
+        self.counting = True  # off in a lane, whose ids skip the other lanes' frames
+        self.last: int | None = None
+        self.last_ts: float | None = None
+        self._unknown = 0  # frames since ``last`` whose id could not be read
+
+    def reset(self) -> None:
+        """A new source: its ids start afresh."""
+        self.last, self.last_ts, self._unknown = None, None, 0
+
+    def repeat(self, uid: int, ts: float) -> bool:
+        """Whether this is the frame just counted again (a reconnect re-sends the current one)."""
+        return uid == self.last and ts == self.last_ts
+
+    def frame(self, uid: int, ts: float | None = None) -> None:
+        """Count frame ``uid`` in; 0 or less for one whose id could not be read."""
+        if uid <= 0:
+            self._unknown += 1  # it fills one id of the gap before the next frame
+            return
+        if self.counting and self.last is not None and uid > self.last + 1:
+            self.missed += max(0, uid - self.last - 1 - self._unknown)
+        self.last, self.last_ts, self._unknown = uid, ts, 0
+
 
 @dataclass
 class _Scan:
     seen: set[int] = field(default_factory=set)
     hi: dict[int, int] = field(default_factory=dict)  # per lane: the highest id reported
     settled: int | None = None  # every id up to here is accounted for or counted missed
+    # frames whose id could not be read: [after id, before id, how many] (see the module doc)
+    unknown: list[list[int]] = field(default_factory=list)
+
+    def _take_unread(self, u: int) -> bool:
+        """Whether missing id ``u`` is one a lane took without reading it (used up once)."""
+        for span in self.unknown:
+            if span[0] < u < span[1] and span[2] > 0:
+                span[2] -= 1
+                return True
+        return False
 
     def settle(self, upto: int) -> int:
         """Count the ids up to ``upto`` no lane reported; returns how many."""
@@ -41,9 +87,11 @@ class _Scan:
         for u in range(self.settled + 1, upto + 1):
             if u in seen:
                 seen.remove(u)
-            else:
+            elif not (self.unknown and self._take_unread(u)):
                 missed += 1
         self.settled = max(self.settled, upto)
+        if self.unknown:  # spans wholly settled can take no more ids
+            self.unknown = [sp for sp in self.unknown if sp[2] > 0 and sp[1] > self.settled + 1]
         return missed
 
 
@@ -56,15 +104,17 @@ class FrameLedger:
         self._gen = [0] * lanes  # the scan each lane is in
         self._key: list[Any] = [None] * lanes  # and that scan's id attribute
         self._scans: dict[int, _Scan] = {0: _Scan()}
+        self._unread = [0] * lanes  # per lane: frames since its last id whose id was unread
 
     def account(self, lane: int, frames: Iterable[tuple[int, Any]]) -> None:
         """Lane ``lane`` accounted for these (uniqueId, scan key) frames, in its order.
 
-        A uniqueId of 0 or less (a frame whose id could not be read) is passed over.
+        A uniqueId of 0 or less is a frame whose id could not be read (module doc).
         """
         touched = set()
         for uid, key in frames:
             if uid <= 0:
+                self._unread[lane] += 1
                 continue
             scan = self._scans[self._gen[lane]]
             prev = scan.hi.get(lane)
@@ -73,7 +123,11 @@ class FrameLedger:
                 touched.add(self._gen[lane])
                 self._gen[lane] += 1  # a new scan: the lane joins it (first, or after others)
                 scan = self._scans.setdefault(self._gen[lane], _Scan())
+                prev = None
             self._key[lane] = key
+            if self._unread[lane]:
+                scan.unknown.append([-1 if prev is None else prev, uid, self._unread[lane]])
+                self._unread[lane] = 0
             if scan.settled is not None and uid <= scan.settled:
                 continue  # already counted missed when everything looked settled
             scan.seen.add(uid)
@@ -97,9 +151,13 @@ class FrameLedger:
         if all(lane in scan.hi for lane in inside):
             self.missed += scan.settle(min(scan.hi[lane] for lane in inside))
 
-
     def settle_all(self) -> None:
         """Nothing is in flight anywhere: every id up to the highest seen is final."""
+        for lane, n in enumerate(self._unread):
+            scan = self._scans.get(self._gen[lane])
+            if n and scan is not None:  # unread frames after the lane's last id
+                scan.unknown.append([scan.hi.get(lane, -1), _UNBOUNDED, n])
+            self._unread[lane] = 0
         for g in list(self._scans):
             scan = self._scans[g]
             if scan.hi:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ptychoflow.edge.ledger import FrameLedger
+from ptychoflow.edge.ledger import FrameLedger, GapCounter
 
 
 def _f(*uids: int, key: object = 1) -> list[tuple[int, object]]:
@@ -68,3 +68,38 @@ def test_settling_with_nothing_in_flight_counts_the_tail() -> None:
     led.account(1, _f(6))  # a straggler after settling is not counted twice
     led.settle_all()
     assert led.missed == 2
+
+
+def test_a_frame_whose_id_could_not_be_read_is_not_also_counted_missed() -> None:
+    led = FrameLedger(2)
+    led.account(0, [(1, 1), (0, 1), (5, 1), (7, 1)])  # 3 came to lane 0 but did not decode
+    led.account(1, _f(2, 4, 6, 8))
+    assert led.missed == 0  # lane 0's unread frame lay between 1 and 5: it was 3
+    led.account(0, [(9, 1), (0, 1)])  # one more unread frame after 9, the last of lane 0
+    led.account(1, _f(12))  # 10 and 11 were reported by no lane
+    led.settle_all()
+    assert led.missed == 1  # one of them was lane 0's unread frame
+
+
+def test_an_unread_frame_takes_one_id_only() -> None:
+    led = FrameLedger(1)
+    led.account(0, [(1, 1), (0, 1), (6, 1)])  # 2-5 missing, one of them unread
+    assert led.missed == 3
+
+
+def test_one_input_counts_gaps_less_the_frames_whose_id_could_not_be_read() -> None:
+    gaps = GapCounter()
+    for uid in (1, 2, 0, 4, 8):  # 3 did not decode; 5-7 lost upstream
+        gaps.frame(uid, float(uid))
+    assert gaps.missed == 3
+    gaps.frame(0)
+    gaps.frame(9, 9.0)  # an unread frame with no gap after it fills nothing
+    gaps.frame(11, 11.0)
+    assert gaps.missed == 4
+    assert gaps.repeat(11, 11.0) and not gaps.repeat(11, 12.0)
+    gaps.reset()
+    gaps.frame(1, 1.0)  # a new source starts afresh
+    assert gaps.missed == 4
+    gaps.counting = False  # a lane's ids skip the other lanes' frames
+    gaps.frame(5, 5.0)
+    assert gaps.missed == 4

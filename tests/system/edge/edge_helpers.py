@@ -43,6 +43,12 @@ class FrameSource:
                 ts: float | None = None) -> None:
         self.shared.post(make_frame(array, uid, ts, attrs))
 
+    def publish_undecodable(self, uid: int) -> None:
+        """A frame the edge cannot take as an image: three dimensions, as an RGB camera's."""
+        v = make_frame(np.ones((2, 32, 16), np.uint8).reshape(32, 32), uid)
+        v["dimension"] = [{"size": 2}, {"size": 16}, {"size": 32}]
+        self.shared.post(v)
+
 
 class Collector:
     """Monitors edge image PVs from the test; keeps every update (uniqueId, array, ts)."""

@@ -104,24 +104,26 @@ def test_bad_frames_are_counted_and_skipped(start_server, edge_env, prefix, sour
     for uid, (arr, attrs) in enumerate(frames, start=1):
         source.publish(arr, uid, attrs)
         time.sleep(0.02)
+    source.publish_undecodable(10)  # does not decode: bad, and not also lost upstream
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 3)
     time.sleep(0.5)
     assert [f.unique_id for f in collector.frames(prefix + "Edge:Phase")] == [1, 8, 9]
-    collector.wait_value(prefix + "Edge:BadFrames_RBV", lambda v: v == 6)
+    collector.wait_value(prefix + "Edge:BadFrames_RBV", lambda v: v == 7)
     msg = collector.get(prefix + "Edge:Message_RBV")
     assert "bad frame" in msg
     # the service keeps running and processes the next good frame
-    source.publish(good, 10, _pos(10))
+    source.publish(good, 11, _pos(11))
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 4)
-    assert got[-1].unique_id == 10
+    assert got[-1].unique_id == 11
     # Edge:Enable 0 discards frames, 1 resumes
     collector.put(prefix + "Edge:Enable", 0)
-    source.publish(good, 11, _pos(11))
+    source.publish(good, 12, _pos(12))
     time.sleep(0.5)
     collector.put(prefix + "Edge:Enable", 1)
-    source.publish(good, 12, _pos(12))
+    source.publish(good, 13, _pos(13))
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 5)
-    assert [f.unique_id for f in got][-2:] == [10, 12]
+    assert [f.unique_id for f in got][-2:] == [11, 13]
+    assert collector.get(prefix + "Edge:Dropped_RBV") == 0  # no frame lost: each was counted
     assert edge.alive()
 
 
