@@ -60,7 +60,24 @@ IDLE_SETTLE_S = 1.0
 """With no frame for this long and none in any lane, the ledger's tail is settled."""
 
 RESTART_AFTER_S = 10.0
-"""A lane that dies is restarted unless it had run for less than this."""
+"""A lane that dies is restarted at once unless it had run for less than this."""
+
+RESTART_MAX_S = 300.0
+"""The longest wait before restarting a lane that keeps dying (see :func:`restart_delay`)."""
+
+
+def restart_delay(quick: int) -> float:
+    """Seconds to wait before restarting a lane that died ``quick`` times running within
+    RESTART_AFTER_S of its restart: none the first time, then 10, 20, 40 ... up to 300 s.
+
+    A lane that keeps dying has something about its input or model that kills it;
+    restarting it in a tight loop would spend the CPU the other lanes need and bury
+    the cause in messages, while giving up would leave its frames unprocessed until
+    someone restarts the edge even once the cause has gone (a GPU freed, a source fixed).
+    """
+    if quick <= 0:
+        return 0.0
+    return min(RESTART_MAX_S, RESTART_AFTER_S * 2.0 ** (quick - 1))
 
 _EMPTY = np.zeros((0, 0), np.uint8)
 
@@ -112,6 +129,7 @@ class _Handle:
         self.model: Note | None = None
         self.base = {"bad": 0, "dropped": 0, "received": 0}  # counts of its earlier processes
         self.restarted = -RESTART_AFTER_S  # time.monotonic() of the last restart
+        self.quick = 0  # deaths running within RESTART_AFTER_S of a restart
         self.last: tuple[int, float] | None = None  # uniqueId and time stamp last published
         self.accounted = 0  # frames this lane's process has accounted for (ledger)
         self.closed = threading.Event()
@@ -141,6 +159,8 @@ class LaneSet:
         self.settings = settings
         self.enabled = True
         self._stopping = False
+        self._stopped = threading.Event()  # wakes a reader waiting to restart its lane
+        self._fifo_closed = False
         self._loading: set[int] = set()
         self._lock = threading.Lock()
         self.ledger = FrameLedger(len(inputs))
@@ -198,8 +218,9 @@ class LaneSet:
         """Replace lane ``h``, which died, by a new process on the same input and model.
 
         Its counts carry on from the dead one's. A lane that dies again within
-        RESTART_AFTER_S of starting is left down: something about its input or model
-        kills it, and restarting it in a loop would hide that.
+        RESTART_AFTER_S of its restart is restarted after a wait that doubles each
+        time (:func:`restart_delay`). False when the edge is stopping meanwhile, or
+        the lane could not be started again.
         """
         # the frames it held and never accounted for go into the ledger's count of
         # missed frames once the other lanes are past them
@@ -209,14 +230,21 @@ class LaneSet:
         with self._lock:
             h.accounted = 0
             self._all_connected = False
-        if time.monotonic() - h.restarted < RESTART_AFTER_S:
+        h.quick = h.quick + 1 if time.monotonic() - h.restarted < RESTART_AFTER_S else 0
+        delay = restart_delay(h.quick)
+        if delay:
             self.message(f"lane {h.index} ({h.pv}) died again within {RESTART_AFTER_S:.0f} s "
-                         "of its restart; left down: its frames are not processed (see the "
-                         "edge's log), restart the edge")
-            return False
+                         f"of its restart ({h.quick} times running); restarting it in "
+                         f"{delay:.0f} s, its frames are not processed meanwhile (see the "
+                         "edge's log)")
+            if self._stopped.wait(delay):
+                return False
         h.conn.close()
         self._retired.extend(h.shms)
-        model = h.model[1] if h.model is not None else ""
+        # the model the other lanes serve: one swapped in while this lane was down
+        served = [x.model for x in self.handles if x is not h and x.model is not None
+                  and x.proc.is_alive()] + [h.model]
+        model = served[0][1] if served[0] is not None else ""
         try:
             new = self._spawn(h.index, h.pv, model)
             self._await_ready(new)
@@ -349,8 +377,7 @@ class LaneSet:
                 break
         views.clear()
         h.closed.set()
-        if self._stopping and all(x.closed.is_set() for x in self.handles):
-            self.fifo.put(CLOSE)
+        self._close_fifo()
 
     def _connected(self, h: _Handle) -> None:
         """Say so once every lane is connected to its input (and again after a loss)."""
@@ -371,7 +398,7 @@ class LaneSet:
         with self._lock:
             h.model = note
             self._loading.discard(h.index)
-            models = {x.model for x in self.handles if x.proc.is_alive()}  # a lane left down
+            models = {x.model for x in self.handles if x.proc.is_alive()}  # not a dead one
         if len(models) == 1:
             self.fifo.put(self._note(note))
 
@@ -379,12 +406,21 @@ class LaneSet:
     def stop(self) -> None:
         """Tell every lane to finish the frames in hand; CLOSE follows the last batch."""
         self._stopping = True
+        self._stopped.set()
         for h in self.handles:
             h.send(("stop",))
             if not h.proc.is_alive():
                 h.closed.set()
-        if all(h.closed.is_set() for h in self.handles):
-            self.fifo.put(CLOSE)
+        self._close_fifo()
+
+    def _close_fifo(self) -> None:
+        """Once stopping and every lane is done: CLOSE to the publisher, once."""
+        with self._lock:
+            if (not self._stopping or self._fifo_closed
+                    or not all(h.closed.is_set() for h in self.handles)):
+                return
+            self._fifo_closed = True
+        self.fifo.put(CLOSE)
 
     def close(self) -> None:
         """After the publisher took CLOSE: end the processes, free the slots."""
@@ -395,6 +431,7 @@ class LaneSet:
         self._kill()
 
     def _kill(self) -> None:
+        self._stopped.set()
         for h in self.handles:
             if h.proc.is_alive():
                 h.proc.terminate()

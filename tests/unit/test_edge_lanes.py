@@ -34,3 +34,10 @@ def test_workers_with_lanes_are_refused(tmp_path: Path) -> None:
 def test_a_slot_holds_a_full_batch_of_phase_and_amplitude() -> None:
     assert slot_bytes(EdgeSettings(batch_size=256)) >= 256 * 2 * 128 * 128 * 4
     assert slot_bytes(EdgeSettings(batch_size=1)) == 4 << 20
+
+
+def test_a_lane_that_keeps_dying_waits_longer_each_time() -> None:
+    from ptychoflow.edge.lanes import RESTART_MAX_S, restart_delay
+
+    assert [restart_delay(q) for q in range(5)] == [0.0, 10.0, 20.0, 40.0, 80.0]
+    assert restart_delay(30) == RESTART_MAX_S

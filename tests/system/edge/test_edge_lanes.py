@@ -192,8 +192,21 @@ def test_a_lane_that_dies_is_restarted_and_its_losses_counted(
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 80)
     # the restarted lane did not publish again the frame its source re-sent on connecting
     assert sorted(f.unique_id for f in got) == list(range(1, 81))
-    assert [pid for pid, name in children(edge.proc.pid).items() if name == "edge-lane1"] \
-        != lane1
+    again = [pid for pid, name in children(edge.proc.pid).items() if name == "edge-lane1"]
+    assert len(again) == 1 and again != lane1
+    assert collector.get(prefix + "Edge:Dropped_RBV") == 0
+    # dead again within 10 s of its restart: restarted after a wait, not in a tight loop
+    said.clear()
+    os.kill(again[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not any("restarted" in m for m in said) or said[-1] != "connected to all 2 inputs":
+        assert time.monotonic() < deadline, said
+        time.sleep(0.1)
+    waited = [m for m in said if "died again" in m]
+    assert waited and "restarting it in 10 s" in waited[0], said
+    _stream(two, 81, 120, rate=200.0).join(30)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 120)
+    assert sorted(f.unique_id for f in got) == list(range(1, 121))
     assert collector.get(prefix + "Edge:Dropped_RBV") == 0
     sub.close()
     assert edge.stop() == 0
