@@ -12,7 +12,9 @@ Each lane's ids increase within a scan, so once every lane has reported an
 id at or above ``u``, any id up to ``u`` that no lane reported will never
 come: it is counted as missed. At the end of a scan (a lane's ids go back,
 or the scan id attribute changes) and when nothing is in flight anywhere,
-everything up to the highest id seen is settled the same way. Frames before
+everything up to the highest id seen is settled the same way; should one of
+the ids then counted arrive after all (held upstream for over a second), it
+is taken off the count again. Frames before
 the first one seen of a scan are not counted (the edge may have started
 mid-scan), as with one input.
 
@@ -67,6 +69,8 @@ class _Scan:
     settled: int | None = None  # every id up to here is accounted for or counted missed
     # frames whose id could not be read: [after id, before id, how many] (see the module doc)
     unknown: list[list[int]] = field(default_factory=list)
+    # ids counted missed while a lane was not yet past them (settle_all): one may still come
+    late: set[int] = field(default_factory=set)
 
     def _take_unread(self, u: int) -> bool:
         """Whether missing id ``u`` is one a lane took without reading it (used up once)."""
@@ -76,8 +80,11 @@ class _Scan:
                 return True
         return False
 
-    def settle(self, upto: int) -> int:
-        """Count the ids up to ``upto`` no lane reported; returns how many."""
+    def settle(self, upto: int, early: bool = False) -> int:
+        """Count the ids up to ``upto`` no lane reported; returns how many.
+
+        ``early``: some lane is not past ``upto`` yet, so keep the ids in ``late``.
+        """
         if self.settled is None:
             if not self.seen:
                 return 0
@@ -89,6 +96,8 @@ class _Scan:
                 seen.remove(u)
             elif not (self.unknown and self._take_unread(u)):
                 missed += 1
+                if early:
+                    self.late.add(u)
         self.settled = max(self.settled, upto)
         if self.unknown:  # spans wholly settled can take no more ids
             self.unknown = [sp for sp in self.unknown if sp[2] > 0 and sp[1] > self.settled + 1]
@@ -129,7 +138,10 @@ class FrameLedger:
                 scan.unknown.append([-1 if prev is None else prev, uid, self._unread[lane]])
                 self._unread[lane] = 0
             if scan.settled is not None and uid <= scan.settled:
-                continue  # already counted missed when everything looked settled
+                if uid in scan.late:  # counted missed when everything looked settled
+                    scan.late.discard(uid)
+                    self.missed -= 1
+                continue
             scan.seen.add(uid)
             if uid > scan.hi.get(lane, uid - 1):
                 scan.hi[lane] = uid
@@ -149,7 +161,10 @@ class FrameLedger:
             del self._scans[g]
             return
         if all(lane in scan.hi for lane in inside):
-            self.missed += scan.settle(min(scan.hi[lane] for lane in inside))
+            low = min(scan.hi[lane] for lane in inside)
+            self.missed += scan.settle(low)
+            if scan.late:  # every lane is past these now: they will not come
+                scan.late = {u for u in scan.late if u > low}
 
     def settle_all(self) -> None:
         """Nothing is in flight anywhere: every id up to the highest seen is final."""
@@ -161,6 +176,6 @@ class FrameLedger:
         for g in list(self._scans):
             scan = self._scans[g]
             if scan.hi:
-                self.missed += scan.settle(max(scan.hi.values()))
+                self.missed += scan.settle(max(scan.hi.values()), early=True)
             if g < min(self._gen):
                 del self._scans[g]

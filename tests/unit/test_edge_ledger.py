@@ -65,9 +65,14 @@ def test_settling_with_nothing_in_flight_counts_the_tail() -> None:
     assert led.missed == 0  # lane 1 might still be working
     led.settle_all()
     assert led.missed == 2
-    led.account(1, _f(6))  # a straggler after settling is not counted twice
+    led.account(1, _f(6))  # a straggler after settling: it was not lost after all
+    assert led.missed == 1
     led.settle_all()
-    assert led.missed == 2
+    led.account(1, _f(6))  # the same id again counts nothing
+    assert led.missed == 1
+    led.account(1, _f(8))  # lane 1 is past 4 now: it stays counted
+    led.settle_all()
+    assert led.missed == 1
 
 
 def test_a_frame_whose_id_could_not_be_read_is_not_also_counted_missed() -> None:
