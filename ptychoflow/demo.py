@@ -151,22 +151,36 @@ class Demo:
     def put(self, suffix: str, value: Any) -> None:
         self.ctx.put(self.p + suffix, value, timeout=10.0)
 
-    def wait_pv(self, suffix: str, timeout: float = 60.0) -> None:
-        """Wait for a server, with a fresh client each try: p4p retries a name server that
-        refused it only after many seconds.
+    def wait_pv(self, server: str, suffix: str, timeout: float = 60.0) -> None:
+        """Wait for ``server`` to serve ``suffix``.
+
+        The client is made once the server's port accepts connections, and asks that
+        server alone: a name server not listening yet makes pvxs print a "Connection
+        refused" error to the terminal, which reads as a failure to whoever watches.
+        A fresh client each try, as p4p retries a name server that refused it only
+        after many seconds.
         """
+        import socket
+
         from p4p.client.thread import Context
 
         from ptychoflow.epicsenv import pva_conf
 
+        port = int(self.envs[server]["EPICS_PVA_SERVER_PORT"])
+        conf = dict(pva_conf(self.env), EPICS_PVA_NAME_SERVERS=f"127.0.0.1:{port}")
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             self.procs.check()
-            with Context("pva", conf=pva_conf(self.env), useenv=False) as ctx:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+            except OSError:
+                time.sleep(0.2)  # not listening yet
+                continue
+            with Context("pva", conf=conf, useenv=False) as ctx:
                 try:
                     ctx.get(self.p + suffix, timeout=1.0)
                     return
-                except Exception:  # noqa: BLE001 - not up yet
+                except Exception:  # noqa: BLE001 - not serving it yet
                     time.sleep(0.3)
         raise RuntimeError(f"{self.p}{suffix} did not answer within {timeout} s")
 
@@ -178,7 +192,7 @@ class Demo:
         self.procs.start("sim", [
             "sim", "--prefix", self.p, "--frames", str(self.s.frames), "--size", str(self.s.size),
             "--rate", str(self.s.rate), "--out", str(self.scans_dir), "--wait", "--serve"])
-        self.wait_pv("cam1:Acquire", timeout=120)
+        self.wait_pv("sim", "cam1:Acquire", timeout=120)
         self.say(f"detector simulator up: {self.p}Pva1:Image, {self.s.frames} frames of "
                  f"{self.s.size}x{self.s.size} at {self.s.rate:g} Hz per scan")
         cfg = self.root / "ptychoflow.toml"
@@ -187,14 +201,14 @@ class Demo:
             f'work_root = "{self.work}"\nedge_prefix = "{self.p}"\n'
             f'int8_models = {"true" if self.s.int8 else "false"}\n')
         self.procs.start("ioc", ["--config", str(cfg), "ioc"])
-        self.wait_pv("Workflow:State_RBV", timeout=120)
+        self.wait_pv("ioc", "Workflow:State_RBV", timeout=120)
         self.say(f"IOC up: {self.p}Workflow:* over CA and PVA")
         models = self.work / "models"
         models.mkdir(parents=True, exist_ok=True)
         self.procs.start("edge", ["edge", "--prefix", self.p, "--input", self.p + "Pva1:Image",
                                   "--model-dir", str(models)]
                          + (["--int8"] if self.s.int8 else []))
-        self.wait_pv("Edge:Processed_RBV", timeout=120)
+        self.wait_pv("edge", "Edge:Processed_RBV", timeout=120)
         self.ctx = Context("pva", conf=pva_conf(self.env), useenv=False)
         end = time.monotonic() + 60
         while not str(self.get("Edge:Message_RBV")).startswith("connected"):
