@@ -246,8 +246,8 @@ class Demo:
             self.say(f"scan {k}: saved as {name}; the edge has no model yet, so its {dropped} "
                      "frames are counted in Edge:Dropped_RBV")
             return
-        speed = (f", {max(rates):.0f} frames/s, mean latency {max(latencies):.1f} ms at most"
-                 if rates else "")
+        speed = (f", {max(rates):.0f} frames/s, latency (frame in to phase out) "
+                 f"{max(latencies):.1f} ms in its slowest second" if rates else "")
         self.say(f"scan {k}: saved as {name}; edge processed {done} frames with model "
                  f"v{version}, dropped {dropped}, bad {self.get('Edge:BadFrames_RBV')}{speed}")
 
