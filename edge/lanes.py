@@ -235,8 +235,8 @@ class LaneSet:
         if delay:
             self.message(f"lane {h.index} ({h.pv}) died again within {RESTART_AFTER_S:.0f} s "
                          f"of its restart ({h.quick} times running); restarting it in "
-                         f"{delay:.0f} s, its frames are not processed meanwhile (see the "
-                         "edge's log)")
+                         f"{delay:.0f} s; its frames are lost meanwhile, counted in "
+                         "Dropped_RBV (the edge's log says why it died)")
             if self._stopped.wait(delay):
                 return False
         h.conn.close()
