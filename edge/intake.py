@@ -113,7 +113,7 @@ class Intake:
 
     def __init__(self, settings: EdgeSettings, model_dir: Path, served: Served | None,
                  fifo: queue.Queue[Any], message: Callable[[str], None],
-                 conf: Mapping[str, str] | None = None) -> None:
+                 conf: Mapping[str, str] | None = None, account: bool = False) -> None:
         self.settings = settings
         self.served = served
         self.fifo = fifo
@@ -121,13 +121,16 @@ class Intake:
         self.unserved = 0  # frames that arrived while no model was loaded
         self.positions = PositionSource(settings.positions)
         self.queue: FrameQueue[Incoming] = FrameQueue(settings.queue_size)
+        # account (lanes): every frame taken is reported in order (LocalBatch.accounted,
+        # Skipped), so the edge process can tell frames lost upstream
+        # (ptychoflow.edge.ledger); the lane's own ids skip the other lanes' frames, so it
+        # counts no gaps itself
+        self.account = account
+        self.queue.keep_dropped = account
         self.enabled = True
         self.bad = 0
-        self.gaps = GapCounter()  # uniqueId gaps: frames lost before they reached the edge
-        # lanes: every frame taken is reported in order (LocalBatch.accounted, Skipped),
-        # so the edge process can tell frames lost upstream (ptychoflow.edge.ledger); the
-        # lane's own ids skip the other lanes' frames, so it counts no gaps itself
-        self.account = False
+        # uniqueId gaps: frames lost before they reached the edge
+        self.gaps = GapCounter(counting=not account)
         self.accepted = 0  # frames put on the queue (each is then published, bad or dropped)
         self._say = Every(1.0)  # bad frames, frames without a model: a message a second
         self._stop = threading.Event()
@@ -137,8 +140,6 @@ class Intake:
 
     def start(self) -> None:
         """Start collecting, and follow the configured input PV if there is one."""
-        self.queue.keep_dropped = self.account
-        self.gaps.counting = not self.account
         self._thread.start()
         if self.settings.input:
             self.monitor.follow(self.settings.input)
@@ -164,7 +165,7 @@ class Intake:
 
     def seen(self, unique_id: int, timestamp: float) -> None:
         """Treat this frame as done already (a restarted lane's source re-sends it)."""
-        self.gaps.last, self.gaps.last_ts = unique_id, timestamp
+        self.gaps.seen(unique_id, timestamp)
 
     @property
     def dropped(self) -> int:
@@ -177,9 +178,8 @@ class Intake:
         if f is not None:
             if f.unique_id == 0:
                 return  # a server's placeholder value: detectors count frames from 1
-            if self.gaps.repeat(f.unique_id, f.timestamp):
+            if not self.gaps.frame(f.unique_id, f.timestamp):
                 return  # the same frame again (a reconnect re-sends the current value)
-            self.gaps.frame(f.unique_id, f.timestamp)
         else:  # it did not decode: it still takes its id (0 where that could not be read)
             self.gaps.frame(item.unique_id)
         self.accepted += 1

@@ -26,16 +26,13 @@ import numpy as np
 
 from ptychoflow.edge.intake import CLOSE, Intake, LocalBatch, Skipped, Swapped
 from ptychoflow.edge.settings import EdgeSettings
-from ptychoflow.edge.swap import Served, auto_streams, prepare
+from ptychoflow.edge.swap import ModelNote, Served, auto_streams, prepare
 
 SLOTS = 4
 """Shared-memory slots per lane: batches a lane may have handed over and not got back."""
 
 COUNTS_PERIOD_S = 0.25
 """How often a lane sends its counters (also while no frame comes)."""
-
-Note = tuple[int, str, float, str]
-"""A lane's model: version, path, output pixel size, where it runs."""
 
 
 def slot_bytes(settings: EdgeSettings) -> int:
@@ -48,14 +45,6 @@ def slot_views(buf: Any, shape: tuple[int, ...], amp: bool
     """The float32 phase (and amplitude) images of a batch of ``shape`` in a slot."""
     phase = np.ndarray(shape, np.float32, buf)
     return phase, (np.ndarray(shape, np.float32, buf, offset=phase.nbytes) if amp else None)
-
-
-def note_of(served: Served | None) -> Note | None:
-    """What the edge process is told of a lane's model."""
-    if served is None:
-        return None
-    info = served.info
-    return (info.version, str(info.path), info.pixel_size_m, served.runner.describe())
 
 
 class Lane:
@@ -82,10 +71,11 @@ class Lane:
                 error = str(exc)
         parallel = settings.streams or auto_streams(settings.threads)
         self.fifo: queue.Queue[Any] = queue.Queue(maxsize=2 * parallel + 1)
-        self.intake = Intake(settings, model_dir, served, self.fifo, self.say, conf)
-        self.intake.account = True  # the edge process counts what no lane saw
+        # account: the edge process counts what no lane saw
+        self.intake = Intake(settings, model_dir, served, self.fifo, self.say, conf,
+                             account=True)
         self.intake.swapper.on_refused = lambda spec, why: self.send(("refused", spec, why))
-        self.send(("ready", note_of(served), error))
+        self.send(("ready", ModelNote.of(served) if served is not None else None, error))
 
     def send(self, msg: tuple[Any, ...]) -> None:
         """To the edge process (from any thread of the lane)."""
@@ -133,7 +123,7 @@ class Lane:
             elif kind == "follow":
                 self.intake.follow(msg[1])
             elif kind == "enable":
-                self.intake.enabled = bool(msg[1])
+                self.intake.set_enabled(bool(msg[1]))
             elif kind == "load":
                 try:
                     self.intake.swapper.request(msg[1])
@@ -181,7 +171,7 @@ class Lane:
                 if isinstance(entry, Swapped):
                     if entry.old is not None:
                         entry.old.runner.close()
-                    self.send(("model", note_of(entry.new)))
+                    self.send(("model", ModelNote.of(entry.new)))
                 elif isinstance(entry, LocalBatch):
                     self._hand_over(entry)
                 elif isinstance(entry, Skipped):

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.edge.intake import CLOSE, Accounted, Position
-from ptychoflow.edge.lane import SLOTS, Note, lane_main, slot_bytes, slot_views
+from ptychoflow.edge.lane import SLOTS, lane_main, slot_bytes, slot_views
 from ptychoflow.edge.ledger import FrameLedger
 from ptychoflow.edge.model import ModelError, resolve_model_path
 from ptychoflow.edge.settings import EdgeSettings
@@ -78,6 +78,7 @@ def restart_delay(quick: int) -> float:
     if quick <= 0:
         return 0.0
     return min(RESTART_MAX_S, RESTART_AFTER_S * 2.0 ** (quick - 1))
+
 
 _EMPTY = np.zeros((0, 0), np.uint8)
 
@@ -126,7 +127,7 @@ class _Handle:
         self.index, self.pv, self.proc, self.conn, self.shms = index, pv, proc, conn, shms
         self.lock = threading.Lock()
         self.counts = {"bad": 0, "dropped": 0, "received": 0}
-        self.model: Note | None = None
+        self.model: ModelNote | None = None
         self.base = {"bad": 0, "dropped": 0, "received": 0}  # counts of its earlier processes
         self.restarted = -RESTART_AFTER_S  # time.monotonic() of the last restart
         self.quick = 0  # deaths running within RESTART_AFTER_S of a restart
@@ -242,9 +243,9 @@ class LaneSet:
         h.conn.close()
         self._retired.extend(h.shms)
         # the model the other lanes serve: one swapped in while this lane was down
-        served = [x.model for x in self.handles if x is not h and x.model is not None
-                  and x.proc.is_alive()] + [h.model]
-        model = served[0][1] if served[0] is not None else ""
+        note = next((x.model for x in self.handles if x is not h and x.model is not None
+                     and x.proc.is_alive()), h.model)
+        model = note.path if note is not None else ""
         try:
             new = self._spawn(h.index, h.pv, model)
             self._await_ready(new)
@@ -261,10 +262,9 @@ class LaneSet:
                      "Dropped_RBV")
         return True
 
-    def _note(self, note: Note) -> ModelNote:
-        version, path, pixel, where = note
-        return ModelNote(version, Path(path).name, pixel,
-                         f"{len(self.handles)} lanes, each {where}")
+    def _note(self, note: ModelNote) -> ModelNote:
+        """A lane's note as the publisher shows it: where all the lanes run."""
+        return dataclasses.replace(note, where=f"{len(self.handles)} lanes, each {note.where}")
 
     def start(self) -> None:
         """Start the readers, then let every lane follow its input."""
@@ -393,12 +393,13 @@ class LaneSet:
             h.accounted += len(accounted)
             self._activity = time.monotonic()
 
-    def _lane_model(self, h: _Handle, note: Note) -> None:
+    def _lane_model(self, h: _Handle, note: ModelNote) -> None:
         """A lane swapped; once every lane serves the same model, the publisher hears of it."""
         with self._lock:
             h.model = note
             self._loading.discard(h.index)
-            models = {x.model for x in self.handles if x.proc.is_alive()}  # not a dead one
+            models = {x.model.path if x.model else None  # the file, wherever a lane runs it
+                      for x in self.handles if x.proc.is_alive()}  # not a dead one
         if len(models) == 1:
             self.fifo.put(self._note(note))
 

@@ -37,9 +37,9 @@ _UNBOUNDED = 1 << 62
 class GapCounter:
     """Frames lost before one input: gaps in ``uniqueId``, which detectors count up by one."""
 
-    def __init__(self) -> None:
+    def __init__(self, counting: bool = True) -> None:
         self.missed = 0
-        self.counting = True  # off in a lane, whose ids skip the other lanes' frames
+        self.counting = counting  # off in a lane, whose ids skip the other lanes' frames
         self.last: int | None = None
         self.last_ts: float | None = None
         self._unknown = 0  # frames since ``last`` whose id could not be read
@@ -48,18 +48,26 @@ class GapCounter:
         """A new source: its ids start afresh."""
         self.last, self.last_ts, self._unknown = None, None, 0
 
-    def repeat(self, uid: int, ts: float) -> bool:
-        """Whether this is the frame just counted again (a reconnect re-sends the current one)."""
-        return uid == self.last and ts == self.last_ts
+    def seen(self, uid: int, ts: float) -> None:
+        """Take frame ``uid`` as the last one, without counting anything."""
+        self.last, self.last_ts = uid, ts
 
-    def frame(self, uid: int, ts: float | None = None) -> None:
-        """Count frame ``uid`` in; 0 or less for one whose id could not be read."""
+    def frame(self, uid: int, ts: float | None = None) -> bool:
+        """Count frame ``uid`` in (0 or less: one whose id could not be read, ``ts`` None:
+        one that did not decode). False, counting nothing, for the frame just counted
+        sent again: a reconnect re-sends the source's current value.
+        """
         if uid <= 0:
             self._unknown += 1  # it fills one id of the gap before the next frame
-            return
-        if self.counting and self.last is not None and uid > self.last + 1:
-            self.missed += max(0, uid - self.last - 1 - self._unknown)
+            return True
+        last = self.last
+        if last is not None:
+            if uid == last and ts is not None and ts == self.last_ts:
+                return False
+            if self.counting and uid > last + 1:
+                self.missed += max(0, uid - last - 1 - self._unknown)
         self.last, self.last_ts, self._unknown = uid, ts, 0
+        return True
 
 
 @dataclass

@@ -39,20 +39,28 @@ class Served:
     runner: Runner
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelNote:
-    """The model being served, as the publisher and the status PVs need it."""
+    """The model being served, as the publisher and the status PVs need it.
+
+    A lane sends its own to the edge process the same way.
+    """
 
     version: int
-    name: str
+    path: str
     pixel_size_m: float
     where: str
+
+    @property
+    def name(self) -> str:
+        """The model's file name."""
+        return Path(self.path).name
 
     @classmethod
     def of(cls, served: Served) -> ModelNote:
         """The note for a model served in this process."""
         info = served.info
-        return cls(info.version, info.path.name, info.pixel_size_m, served.runner.describe())
+        return cls(info.version, str(info.path), info.pixel_size_m, served.runner.describe())
 
 
 def _engine_kwargs(settings: EdgeSettings, model_dir: Path) -> dict[str, object]:
