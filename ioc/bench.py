@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scan = write_scan(root / "data" / "bench.h5", Scan(
             data=np.zeros((2, 8, 8), np.uint16), positions=np.zeros((2, 2)), energy_ev=8800.0,
             distance_m=2.0, pixel_size_m=75e-6))
-        stages = {s: "ptychoflow.ioc.bench:bench_stage" for s in ("transfer", "reconstruct",
+        stages = {s: "ptychoflow.ioc.bench:bench_stage" for s in ("reconstruct",
                                                                   "train")}
         stages["export"] = "ptychoflow.ioc.bench:bench_export"
         cfg = root / "bench.toml"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from ptychoflow.config import ConfigError, add_arguments, resolve
+from ptychoflow.config import ConfigError, add_arguments, load_file, resolve
 from ptychoflow.ioc.settings import IocSettings
 
 HELP = "serve the workflow control PVs (CA + PVA), run the state machine and registry"
@@ -22,10 +22,11 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the settings and serve until SIGINT/SIGTERM."""
-    settings = resolve(IocSettings, "ioc", args)
+    tables = load_file(getattr(args, "config", None))
+    settings = resolve(IocSettings, "ioc", args, tables)
     if not settings.data_path.is_dir():
         raise ConfigError(f"data root {settings.data_path} is not a folder; create it or set "
                           f"--data-root / data_root in [ioc]")
     from ptychoflow.ioc.server import serve
 
-    return serve(settings)
+    return serve(settings, tables)

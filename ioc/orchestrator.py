@@ -1,40 +1,52 @@
-"""Runs the workflow: one run at a time, stage after stage, with abort and a registry.
+"""Runs the workflow: runs overlap in Auto mode, stages go to the chosen back ends.
 
 The orchestrator lives on the IOC's asyncio loop. It knows nothing about
 records: it reports through a :class:`Sink` (the server maps that onto PVs),
-records every transition in the :class:`~ptychoflow.ioc.registry.Registry`,
-and runs stages through a compute back end, so the same code drives a local
-process pool today and Parsl or Globus Compute later.
+records every transition in the :class:`~ptychoflow.ioc.registry.Registry`, does
+transfers itself through the transfer back end and submits the compute stages
+to the compute back end, both chosen once per run from their registries.
+
+Overlap, as in the original system: while run N trains, run N+1's scan is
+transferred and reconstructed, as far as ``max_concurrent_stages`` compute
+slots allow. Training and export (the ``lineage`` stages of the stage table)
+happen one run at a time in run order, so model versions increase in order and
+each round warm-starts from the one before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
-import importlib
 import logging
+import os
 import shutil
+import socket
 import threading
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from ptychoflow.ioc.backends import NOT_CONFIGURED, BackendNotConfigured, Compute
+from ptychoflow.ioc.compute import BackendNotConfigured, Compute
+from ptychoflow.ioc.deploy import beats, deploy_to_edge
+from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
-from ptychoflow.ioc.settings import IocSettings
-from ptychoflow.ioc.statemachine import ABORTED, DONE, FAILED, IDLE, PIPELINE, StateMachine
+from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue
+from ptychoflow.ioc.settings import IocSettings, load_stage
+from ptychoflow.ioc.stagetable import (
+    ABORTED,
+    BY_NAME,
+    COMPUTE_STAGES,
+    DONE,
+    FAILED,
+    RESET_ON_START,
+    STAGES,
+    Stage,
+)
+from ptychoflow.ioc.transfer import Transfer
 from ptychoflow.modelcard import sha256_file, version_of
-from ptychoflow.stages import Cancelled, Reporter, StageFn
+from ptychoflow.stages import Cancelled, ChannelTail, Reporter, channel_paths, file_reporter
 
 log = logging.getLogger(__name__)
-
-RESET_ON_START = {"Workflow:Progress_RBV": 0.0, "Recon:Epoch_RBV": 0, "Recon:Error_RBV": 0.0,
-                  "Train:Epoch_RBV": 0, "Train:Loss_RBV": 0.0, "Train:ValLoss_RBV": 0.0,
-                  "Train:BestValLoss_RBV": 0.0, "Transfer:Rate_RBV": 0.0}
-PROGRESS_FIELDS = {"reconstruct": {"epoch": "Recon:Epoch_RBV", "error": "Recon:Error_RBV"},
-                   "train": {"epoch": "Train:Epoch_RBV", "loss": "Train:Loss_RBV",
-                             "val_loss": "Train:ValLoss_RBV",
-                             "best_val_loss": "Train:BestValLoss_RBV"},
-                   "transfer": {"rate_mb_s": "Transfer:Rate_RBV"}}
+LAST_LINEAGE = [s.name for s in STAGES if s.lineage][-1]
 
 
 class Sink(Protocol):
@@ -50,26 +62,14 @@ class Sink(Protocol):
         """A run ended (reset Start/Abort, start the next queued scan)."""
 
 
-def load_stage(dotted: str) -> StageFn:
-    """Import ``module:function``; the error says which setting names it."""
-    module, _, name = dotted.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except Exception as exc:  # ImportError, AttributeError, or an error inside the module
-        raise RuntimeError(f"cannot load stage {dotted!r} ({type(exc).__name__}: {exc}); "
-                           f"check [ioc.stages] in the configuration") from exc
-    if not callable(fn):
-        raise RuntimeError(f"stage {dotted!r} is not a function; check [ioc.stages]")
-    return fn  # type: ignore[no-any-return]
-
-
 def progress_values(item: dict[str, Any]) -> dict[str, Any]:
     """Read-back PV values carried by one progress record from a stage."""
     out: dict[str, Any] = {}
     fraction = item.get("fraction")
     if isinstance(fraction, int | float):
         out["Workflow:Progress_RBV"] = max(0.0, min(100.0, 100.0 * float(fraction)))
-    for key, suffix in PROGRESS_FIELDS.get(str(item.get("stage")), {}).items():
+    stage = BY_NAME.get(str(item.get("stage")))
+    for key, suffix in (stage.fields if stage else {}).items():
         v = item.get(key)
         if isinstance(v, int | float) and not isinstance(v, bool):
             out[suffix] = v
@@ -77,191 +77,428 @@ def progress_values(item: dict[str, Any]) -> dict[str, Any]:
 
 
 class Orchestrator:
-    """The workflow's single run slot."""
+    """Drives runs through the stage table on the selected back ends."""
 
     def __init__(self, settings: IocSettings, registry: Registry, sink: Sink,
-                 compute: dict[str, Compute]) -> None:
+                 computes: Mapping[str, Compute], transfers: Mapping[str, Transfer],
+                 gate: QualityGate | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.sink = sink
-        self.compute = compute
-        self.sm = StateMachine(IDLE)
-        self._lock = threading.Lock()
-        self._reserved = False
-        self._aborting = False
-        self._reporter: Reporter | None = None
-        self._future: cf.Future[dict[str, Any]] | None = None
+        self.computes = computes
+        self.transfers = transfers
+        self.gate = gate or QualityGate()
+        self.active: dict[int, ActiveRun] = {}
         self.run_id = 0
-        self._params: dict[str, Any] = {}
-        self.task: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._reserved = 0
+        self._lock = threading.Lock()
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._lineage: list[int] = []
+        self._host = socket.gethostname()
+        self._stop = threading.Event()
+        self._pump = threading.Thread(target=self._pump_progress, name="progress-pump",
+                                      daemon=True)
+        self._pump.start()
 
+    # -- admission --------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        """A run holds the slot (from the accepted Start until the final state)."""
-        return self._reserved
+        """A run is active or about to start."""
+        with self._lock:
+            return bool(self.active) or self._reserved > 0
+
+    def describe(self) -> str:
+        """The active runs in words, for refusals ("run 3 is active (Training)")."""
+        with self._lock:
+            runs = [f"run {r.id} is active ({r.sm.state})" for r in self.active.values()]
+            starting = self._reserved
+        return "; ".join(runs) or f"{starting} run(s) are starting"
+
+    def capacity(self, compute: str) -> int:
+        """Stages at once on ``compute`` (also the most runs Auto keeps in flight)."""
+        backend = self.computes.get(compute)
+        return self.settings.max_concurrent_stages or (backend.workers if backend else 1)
 
     def reserve(self) -> bool:
-        """Claim the run slot; ``False`` if a run is active (called from put validation)."""
+        """Claim a start while no run is active (a client's Start); ``False`` if busy."""
         with self._lock:
-            if self._reserved:
+            if self.active or self._reserved:
                 return False
-            self._reserved = True
-            self._aborting = False
+            self._reserved += 1
+            return True
+
+    def admit(self, compute: str) -> bool:
+        """Claim a start for Auto mode while fewer runs than the capacity are in flight."""
+        with self._lock:
+            if len(self.active) + self._reserved >= self.capacity(compute):
+                return False
+            self._reserved += 1
             return True
 
     def release(self) -> None:
-        """Give the slot back without running (a reserved start that could not go ahead)."""
+        """Give a claimed start back without running."""
         with self._lock:
-            self._reserved = False
+            self._reserved = max(0, self._reserved - 1)
 
-    def on_progress(self, item: dict[str, Any]) -> None:
-        """Apply one progress record from the running stage (called from the pump thread)."""
-        if not self._reserved or self._aborting:
+    def launch(self, scan: Path, params: dict[str, Any]) -> None:
+        """Start a claimed run on the running loop."""
+        task = asyncio.get_running_loop().create_task(self.run(scan, params))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- progress ---------------------------------------------------------------------
+    def _focus(self, run: ActiveRun) -> bool:
+        """Whether ``run`` is the one Workflow:State/Progress show (the newest active)."""
+        with self._lock:
+            others = [i for i in self.active if i != run.id]
+        return not others or run.id > max(others)
+
+    def _progress(self, run: ActiveRun, item: dict[str, Any]) -> None:
+        if "pid" in item and "host" in item:
+            run.worker = (str(item["host"]), int(item["pid"]))
+            return
+        if run.aborting:
             return
         values = progress_values(item)
+        if not self._focus(run):
+            values.pop("Workflow:Progress_RBV", None)
         if values:
             self.sink.post(values)
         if item.get("message"):
-            self.sink.message(f"{self.sm.state}: {item['message']}")
+            self.sink.message(f"{run.sm.state}: {item['message']}")
 
-    async def abort(self) -> bool:
-        """Stop the active run: cancel, then terminate the worker after the grace time."""
-        if not self._reserved:
-            return False
-        self._aborting = True
-        self.sink.message(f"Aborting run {self.run_id} ({self.sm.state})")
-        rep, fut = self._reporter, self._future
-        loop = asyncio.get_running_loop()
-        if rep is not None and rep.cancel is not None:
-            await loop.run_in_executor(None, rep.cancel.set)  # type: ignore[attr-defined]
-        if fut is not None and not fut.done():
+    def _pump_progress(self) -> None:
+        """Read every active stage's progress file (several times a second)."""
+        while not self._stop.wait(0.25):
+            with self._lock:
+                runs = list(self.active.values())
+            for run in runs:
+                self._drain(run)
+
+    def _drain(self, run: ActiveRun) -> None:
+        with run.lock:
+            items = run.tail.read() if run.tail is not None else []
+        for item in items:
             try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)),
-                                       self.settings.abort_grace_s)
-            except (TimeoutError, Exception):
-                pass
-            if not fut.done():
-                compute = self.compute.get(str(self._params.get("compute_backend", "")))
-                if compute is not None:
-                    compute.kill()
+                self._progress(run, item)
+            except Exception:  # a bad progress record must not stop the pump
+                log.exception("progress record %r", item)
+
+    def close(self) -> None:
+        """Stop the progress pump."""
+        self._stop.set()
+        self._pump.join(2)
+
+    # -- abort ------------------------------------------------------------------------
+    async def abort(self) -> bool:
+        """Stop every active run: cancel, then terminate workers after the grace time."""
+        with self._lock:
+            runs = list(self.active.values())
+        if not runs:
+            return False
+        await asyncio.gather(*(self._abort(run) for run in runs))
         return True
 
-    def _transition(self, state: str, message: str) -> None:
-        self.sm.go(state)
-        self.registry.set_state(self.run_id, state, message)
-        self.sink.post({"Workflow:State_RBV": self.sm.index()})
+    async def _abort(self, run: ActiveRun) -> None:
+        run.aborting = True
+        run.abort_event.set()
+        self.sink.message(f"Aborting run {run.id} ({run.sm.state})")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, run.raise_cancel)
+        fut = run.future
+        if fut is None or fut.done():
+            return
+        try:
+            fut.cancel()  # a stage still queued never starts
+        except NotImplementedError:  # Parsl's AppFuture: the cancel flag stops it instead
+            pass
+        grace = self.settings.abort_grace_s
+        if await self._settles(fut, grace):
+            return
+        host, pid = run.worker or ("", 0)
+        if pid and host == self._host:
+            try:
+                os.kill(pid, 9)
+                log.warning("terminated stage worker %d that ignored the abort", pid)
+            except ProcessLookupError:
+                pass
+        if not await self._settles(fut, grace + 2):
+            # a worker on another host: its watchdog ends it; stop waiting for it here
+            run.given_up = True
+
+    @staticmethod
+    async def _settles(fut: Any, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
+        except TimeoutError:
+            return bool(fut.done())
+        except BaseException:  # noqa: BLE001 - it settled (with an error): that is enough
+            return True
+        return True
+
+    async def _until(self, run: ActiveRun, aw: Awaitable[Any]) -> Any:
+        """Await ``aw`` unless the run is aborted first (then raise Cancelled)."""
+        task = asyncio.ensure_future(aw)
+        stop = asyncio.ensure_future(run.abort_event.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not task.done():
+            task.cancel()
+            raise Cancelled(f"run {run.id} aborted")
+        return task.result()
+
+    # -- one run ----------------------------------------------------------------------
+    def _transition(self, run: ActiveRun, state: str, message: str) -> None:
+        run.sm.go(state)
+        self.registry.set_state(run.id, state, message)
+        if self._focus(run):
+            self.sink.post({"Workflow:State_RBV": run.sm.index()})
         self.sink.message(message)
 
+    def _counts(self) -> None:
+        with self._lock:
+            n = len(self.active)
+        self.sink.post({"Workflow:ActiveRuns_RBV": n, "Workflow:Busy_RBV": int(n > 0)})
+
     async def run(self, scan: Path, params: dict[str, Any]) -> None:
-        """One run of the whole pipeline on ``scan`` (the slot must be reserved)."""
-        self._params = params
-        self.sm.state = IDLE
-        self.run_id = self.registry.new_run(str(scan), params)
-        run_dir = self.settings.work_path / "runs" / f"run-{self.run_id:05d}"
-        params = {**params, "run_id": self.run_id}
-        self.sink.post({"Workflow:Busy_RBV": 1, "Workflow:RunId_RBV": self.run_id})
+        """One run of the whole stage table on ``scan`` (a start must have been claimed)."""
+        run_id = self.registry.new_run(str(scan), params)
+        run = ActiveRun(run_id, scan, {**params, "run_id": run_id},
+                        self.settings.work_path / "runs" / f"run-{run_id:05d}")
+        with self._lock:
+            self._reserved = max(0, self._reserved - 1)
+            self.active[run_id] = run
+            self._lineage.append(run_id)
+            self.run_id = max(self.run_id, run_id)
+        self.sink.post({"Workflow:RunId_RBV": self.run_id})
+        self._counts()
         stage_dir: Path | None = None
         results: dict[str, Any] = {}
+        note = ""
         try:
-            compute = self._select(params)
-            fns = {stage: load_stage(self.settings.stages[stage]) for _, stage in PIPELINE}
+            compute, transfer = await self._select(run.params)
+            fns = {name: load_stage(self.settings.stages[name]) for name in COMPUTE_STAGES}
             scan_path = str(scan)
-            for state, stage in PIPELINE:
-                if self._aborting:
-                    raise Cancelled(f"{stage} aborted")
-                self._transition(state, f"{state}: run {self.run_id}, {scan.name}")
+            for stage in STAGES:
+                if run.aborting:
+                    raise Cancelled(f"{stage.name} aborted")
+                if stage.lineage:
+                    await self._lineage_turn(run)
+                run.stage = stage.name
+                self._transition(run, stage.state, f"{stage.state}: run {run.id}, {scan.name}")
                 # the state first (that is what clients wait for), then the figures
-                self.sink.post(RESET_ON_START if stage == "transfer"
+                self.sink.post(RESET_ON_START if stage is STAGES[0]
                                else {"Workflow:Progress_RBV": 0.0})
-                stage_dir = run_dir / stage
+                stage_dir = run.run_dir / stage.name
                 stage_dir.mkdir(parents=True, exist_ok=True)
-                if stage == "export":
-                    params["version"] = self.registry.latest_version() + 1
-                self._reporter = compute.reporter(stage)
-                self._future = compute.submit(fns[stage], scan_path, str(stage_dir), params,
-                                              self._reporter)
-                result = await asyncio.wrap_future(self._future)
+                if stage.runs_on == "transfer":
+                    result = await self._transfer(run, transfer, scan)
+                else:
+                    if stage.makes_model:
+                        run.params["version"] = self.registry.latest_version() + 1
+                    result = await self._compute(run, compute, stage, fns[stage.name],
+                                                 scan_path, stage_dir)
                 stage_dir = None
                 results.update(result)
-                params.update(result)
-                if isinstance(result.get("scan_path"), str):
-                    scan_path = result["scan_path"]
-                self.registry.set_results(self.run_id, results)
-                # figures a stage returns (e.g. transfer's rate_mb_s) show like its progress
-                final = progress_values({**result, "stage": stage, "fraction": 1.0})
+                run.params.update(result)
+                scan_path = str(result.get("scan_path") or scan_path)
+                self.registry.set_results(run.id, results)
+                final = progress_values({**result, "stage": stage.name, "fraction": 1.0})
+                if not self._focus(run):
+                    final.pop("Workflow:Progress_RBV", None)
                 self.sink.post(final)
-                if stage == "export":
-                    await self._register_model(result, scan, params)
-            self._transition(DONE, f"Done: run {self.run_id}" + self._model_note(results))
+                if stage.makes_model:
+                    note = await self._register_model(run, result, transfer)
+                if stage.name == LAST_LINEAGE:
+                    self._leave_lineage(run)
+            self._transition(run, DONE, f"Done: run {run.id}{note}")
         except BaseException as exc:
             if stage_dir is not None:
                 shutil.rmtree(stage_dir, ignore_errors=True)
-            if self._aborting or isinstance(exc, Cancelled | asyncio.CancelledError):
-                self._transition(ABORTED, f"Aborted: run {self.run_id} stopped during "
-                                          f"{self.sm.state}; its partial outputs were removed")
-            else:
-                where = self.sm.state if self.sm.busy else "start"
-                expected = isinstance(exc, BackendNotConfigured | RuntimeError)
-                if not expected:
-                    log.error("run %d failed in %s", self.run_id, where, exc_info=exc)
-                cause = str(exc) if expected else f"{type(exc).__name__}: {exc}"
-                self._transition(FAILED, f"Failed in {where}: {cause}")
+            self._fail(run, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
-            self._reporter = self._future = None
+            self._leave_lineage(run)
             with self._lock:
-                self._reserved = False
-                self._aborting = False
-            self.sink.post({"Workflow:Busy_RBV": 0})
+                self.active.pop(run.id, None)
+            self._counts()
             self.sink.finished()
 
-    def _select(self, params: dict[str, Any]) -> Compute:
-        for kind, key in (("Transfer", "transfer_backend"), ("Compute", "compute_backend")):
-            nc = NOT_CONFIGURED.get((kind, str(params[key])))
-            if nc is not None:
-                nc.check()
-        compute = self.compute.get(str(params["compute_backend"]))
+    def _fail(self, run: ActiveRun, exc: BaseException) -> None:
+        if run.aborting or isinstance(exc, Cancelled | asyncio.CancelledError):
+            self._transition(run, ABORTED, f"Aborted: run {run.id} stopped during "
+                                           f"{run.sm.state}; its partial outputs were removed")
+            return
+        where = run.sm.state if run.sm.busy else "start"
+        expected = isinstance(exc, RuntimeError)
+        if not expected:
+            log.error("run %d failed in %s", run.id, where, exc_info=exc)
+        cause = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        self._transition(run, FAILED, f"Failed in {where}: {cause}")
+
+    async def _select(self, params: dict[str, Any]) -> tuple[Compute, Transfer]:
+        """The run's back ends, checked (and the compute one started) before any stage."""
+        name_t, name_c = str(params["transfer_backend"]), str(params["compute_backend"])
+        transfer, compute = self.transfers.get(name_t), self.computes.get(name_c)
+        if transfer is None:
+            raise BackendNotConfigured(f"no transfer back end {name_t}; known: "
+                                       f"{', '.join(self.transfers)}")
         if compute is None:
-            raise BackendNotConfigured(f"no compute back end {params['compute_backend']}")
-        compute.check()
-        return compute
+            raise BackendNotConfigured(f"no compute back end {name_c}; known: "
+                                       f"{', '.join(self.computes)}")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, transfer.check)
+        await loop.run_in_executor(None, compute.check)
+        await loop.run_in_executor(None, compute.start)
+        return compute, transfer
 
-    @staticmethod
-    def _model_note(results: dict[str, Any]) -> str:
-        return f", model {results['model']}" if "model" in results else ""
+    async def _lineage_turn(self, run: ActiveRun) -> None:
+        """Wait until every earlier run has trained and exported (or ended)."""
+        waited = False
+        while True:
+            with self._lock:
+                first = self._lineage[0] if self._lineage else run.id
+            if first == run.id:
+                return
+            if not waited:
+                self.sink.message(f"run {run.id} waits for run {first} to finish training")
+                waited = True
+            await self._until(run, asyncio.sleep(0.05))
 
-    async def _register_model(self, result: dict[str, Any], scan: Path,
-                              params: dict[str, Any]) -> None:
+    def _leave_lineage(self, run: ActiveRun) -> None:
+        with self._lock:
+            if run.id in self._lineage:
+                self._lineage.remove(run.id)
+
+    async def _transfer(self, run: ActiveRun, transfer: Transfer, scan: Path) -> dict[str, Any]:
+        """The scan to the compute site, done here on the beamline host."""
+        run.reporter = Reporter("transfer", CallbackQueue(lambda i: self._progress(run, i)),
+                                threading.Event())
+        loop = asyncio.get_running_loop()
+        try:
+            moved = await loop.run_in_executor(None, transfer.scan_to_compute, scan, run.name,
+                                               run.reporter)
+        finally:
+            run.reporter = None
+        return {"path": moved.path, "scan_path": moved.path, "bytes": moved.bytes,
+                "seconds": moved.seconds, "sha256": moved.sha256, "skipped": moved.skipped,
+                "rate_mb_s": moved.rate_mb_s, "transfer_backend": transfer.name}
+
+    def _slot(self, compute: Compute) -> asyncio.Semaphore:
+        if compute.name not in self._slots:
+            self._slots[compute.name] = asyncio.Semaphore(self.capacity(compute.name))
+        return self._slots[compute.name]
+
+    async def _compute(self, run: ActiveRun, compute: Compute, stage: Stage, fn: Any,
+                       scan_path: str, stage_dir: Path) -> dict[str, Any]:
+        """Submit one stage and await it: a retry once if its worker died and that is safe."""
+        slot = self._slot(compute)
+        await self._until(run, slot.acquire())
+        loop = asyncio.get_running_loop()
+        params = {**run.params, "abort_grace_s": self.settings.abort_grace_s}
+        try:
+            for attempt in (1, 2):
+                channel = run.run_dir / ".channel"
+                with run.lock:
+                    run.reporter = (file_reporter(channel, stage.name) if compute.shares_files
+                                    else None)
+                    run.tail = (ChannelTail(channel_paths(channel, stage.name)[0])
+                                if compute.shares_files else None)
+                    run.worker = None
+                run.future = await loop.run_in_executor(
+                    None, compute.submit, fn, scan_path, str(stage_dir), params, run.reporter)
+                if run.aborting:
+                    run.raise_cancel()
+                try:
+                    return await self._await(run)
+                except Exception as exc:
+                    if run.aborting:
+                        raise Cancelled(f"{stage.name} aborted") from exc
+                    if not compute.is_worker_lost(exc):
+                        raise
+                    if attempt == 1 and stage.retry_safe:
+                        self.sink.message(f"{stage.state}: the worker running {stage.name} on "
+                                          f"{compute.name} died ({exc}); retrying once")
+                        shutil.rmtree(stage_dir, ignore_errors=True)
+                        stage_dir.mkdir(parents=True)
+                        continue
+                    raise RuntimeError(
+                        f"the worker running {stage.name} on {compute.name} died ({exc}); "
+                        + ("it ran once more and died again" if attempt == 2 else
+                           "not retried: this stage changes the training lineage")) from exc
+            raise AssertionError("unreachable")
+        finally:
+            self._drain(run)
+            with run.lock:
+                run.tail = run.reporter = run.future = None
+            slot.release()
+
+    async def _await(self, run: ActiveRun) -> dict[str, Any]:
+        assert run.future is not None
+        wrapped = asyncio.wrap_future(run.future)
+        while True:
+            done, _ = await asyncio.wait({wrapped}, timeout=0.25)
+            if done:
+                return wrapped.result()
+            if run.given_up:
+                raise Cancelled(f"run {run.id} aborted; its worker was stopped")
+
+    async def _register_model(self, run: ActiveRun, result: dict[str, Any],
+                              transfer: Transfer) -> str:
+        """Register the exported model, then deploy it if it beats the deployed one."""
         model = result.get("model")
         if not isinstance(model, str) or not Path(model).is_file():
             raise RuntimeError(f"export returned no model file (got {model!r})")
-        version = int(result.get("version") or version_of(model) or params["version"])
+        version = int(result.get("version") or version_of(model) or run.params["version"])
         metrics = dict(result.get("metrics") or {})
+        if isinstance(run.params.get("best_val_loss"), int | float):
+            metrics.setdefault("best_val_loss", run.params["best_val_loss"])
         quality = result.get("quality")
         if isinstance(quality, dict):
             metrics["quality"] = quality
         loop = asyncio.get_running_loop()
         digest = await loop.run_in_executor(None, sha256_file, model)
-        provenance = {"run_id": self.run_id, "scan": str(scan),
-                      "params": {k: v for k, v in params.items() if k != "version"}}
-        self.registry.add_model(version, model, digest, metrics, provenance, self.run_id)
+        provenance = {"run_id": run.id, "scan": str(run.scan),
+                      "params": {k: v for k, v in run.params.items() if k != "version"}}
+        self.registry.add_model(version, model, digest, metrics, provenance, run.id)
         values: dict[str, Any] = {"Model:Version_RBV": version}
-        if isinstance(quality, dict) and isinstance(quality.get("ssim"), int | float):
-            values["Model:Quality_RBV"] = float(quality["ssim"])
+        ssim = quality.get("ssim") if isinstance(quality, dict) else None
+        if isinstance(ssim, int | float):
+            values["Model:Quality_RBV"] = float(ssim)
         self.sink.post(values)
-        if self.settings.edge_prefix:
-            await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix, model)
+        note = await self._deploy(run, version, model, result, transfer)
+        if self.gate.record(float(ssim) if isinstance(ssim, int | float) else None):
+            self.sink.post({"Model:TargetMet_RBV": 1})
+            self.sink.message(f"Auto: {self.gate.note()}")
+        return note
 
-
-def deploy_to_edge(edge_prefix: str, model: str, timeout: float = 10.0) -> None:
-    """Ask the edge service to load ``model`` (a pvAccess put to Edge:Model:Load)."""
-    from p4p.client.thread import Context
-
-    pv = f"{edge_prefix}Edge:Model:Load"
-    with Context("pva") as ctx:
+    async def _deploy(self, run: ActiveRun, version: int, model: str, result: dict[str, Any],
+                      transfer: Transfer) -> str:
+        candidate = self.registry.model(version)
+        assert candidate is not None
+        deployed_v = self.registry.deployed_version()
+        ok, why = beats(candidate, self.registry.model(deployed_v) if deployed_v else None)
+        if not ok:
+            return f", model v{version} registered, not deployed: {why}"
+        if not self.settings.edge_prefix:
+            return f", model v{version}"
+        loop = asyncio.get_running_loop()
+        files = [model] + ([str(result["card"])] if result.get("card") else [])
+        if self.settings.int8_models and result.get("int8_model"):
+            files.append(str(result["int8_model"]))
+        run.reporter = Reporter("export", CallbackQueue(lambda i: self._progress(run, i)),
+                                threading.Event())
         try:
-            ctx.put(pv, model, timeout=timeout)
-        except Exception as exc:
-            raise RuntimeError(f"deploying {model} to the edge failed: put to {pv}: {exc}; "
-                               f"is the edge running with prefix {edge_prefix}?") from exc
+            moved = await loop.run_in_executor(None, transfer.model_to_edge, files,
+                                               run.reporter)
+        finally:
+            run.reporter = None
+        await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
+                                   moved[0].path)
+        self.registry.mark_deployed(version, why)
+        self.sink.post({"Model:Deployed_RBV": version})
+        return f", model v{version} deployed ({why})"

@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS models (
     run_id INTEGER,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deployments (
+    version INTEGER NOT NULL REFERENCES models(version),
+    time REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
+);
 """
 
 
@@ -166,3 +171,14 @@ class Registry:
         with self._lock:
             row = self._db.execute("SELECT MAX(version) FROM models").fetchone()
         return int(row[0] or 0)
+
+    def mark_deployed(self, version: int, reason: str = "") -> None:
+        """Record that the edge was given ``version`` (automatically or by Model:Deploy)."""
+        self._write("INSERT INTO deployments VALUES (?,?,?)", (version, time.time(), reason))
+
+    def deployed_version(self) -> int:
+        """The version the edge was given last (0 if none)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT version FROM deployments ORDER BY rowid DESC LIMIT 1").fetchone()
+        return int(row[0]) if row else 0

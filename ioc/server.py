@@ -17,11 +17,14 @@ from typing import Any
 
 from ptychoflow.ioc import access
 from ptychoflow.ioc.autosave import Autosave
-from ptychoflow.ioc.backends import Compute, LocalCompute
-from ptychoflow.ioc.orchestrator import Orchestrator, deploy_to_edge
+from ptychoflow.ioc.compute import COMPUTES, Compute, table_of
+from ptychoflow.ioc.deploy import deploy_to_edge
+from ptychoflow.ioc.orchestrator import Orchestrator
+from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.statemachine import FAILED
+from ptychoflow.ioc.transfer import TRANSFERS, Transfer
 from ptychoflow.ioc.validate import check_scan_path, check_value, resolve_scan_path
 from ptychoflow.ioc.watcher import ScanWatcher
 from ptychoflow.pvnames import (
@@ -37,12 +40,16 @@ from ptychoflow.pvnames import (
 log = logging.getLogger("ptychoflow.ioc")
 
 MOMENTARY = frozenset({"Workflow:Start", "Workflow:Abort", "Model:Deploy"})
+# Auto put again while on reopens the quality gate, so every put of it is processed
+ALWAYS_UPDATE = MOMENTARY | {"Workflow:Auto"}
+SECTIONS = {"Local": "local", "Parsl": "parsl", "GlobusCompute": "globus_compute",
+            "Globus": "globus"}
 
 
 class ControlIoc:
     """One control IOC: build with :meth:`start`, stop with :meth:`stop`."""
 
-    def __init__(self, settings: IocSettings) -> None:
+    def __init__(self, settings: IocSettings, tables: dict[str, Any] | None = None) -> None:
         self.settings = settings
         self.work = settings.work_path
         self.work.mkdir(parents=True, exist_ok=True)
@@ -53,9 +60,20 @@ class ControlIoc:
         self.watcher = ScanWatcher(settings.data_path)
         self.records: dict[str, Any] = {}
         self._msg_lock = threading.Lock()
-        self.local = LocalCompute(self._on_progress)
-        compute: dict[str, Compute] = {"Local": self.local}
-        self.orch = Orchestrator(settings, self.registry, self, compute)
+        tables = tables or {}
+        # one instance of every back end; each run picks one of each by its PVs
+        self.computes: dict[str, Compute] = {
+            name: cls(settings, table_of(tables, "compute", SECTIONS[name]))
+            for name, cls in COMPUTES.items()}
+        self.transfers: dict[str, Transfer] = {
+            name: cls(settings, table_of(tables, "transfer", SECTIONS[name]))
+            for name, cls in TRANSFERS.items()}
+        self._configured = [name for name in COMPUTES
+                            if name == "Local" or table_of(tables, "compute", SECTIONS[name])]
+        self.gate = QualityGate(0.0, settings.quality_runs)
+        self.orch = Orchestrator(settings, self.registry, self, self.computes, self.transfers,
+                                 self.gate)
+        self._auto_on = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._auto_task: concurrent.futures.Future[None] | None = None
         self._wake = threading.Event()
@@ -81,9 +99,6 @@ class ControlIoc:
         self.records["Workflow:Abort"].set(0)
         self._wake.set()
 
-    def _on_progress(self, item: dict[str, Any]) -> None:
-        self.orch.on_progress(item)
-
     # -- put rules (CA/PVA server threads) ----------------------------------------------
     def _validate(self, spec: PVSpec, value: Any) -> bool:
         problem = check_value(spec, value) or self._rule(spec.suffix, value)
@@ -101,8 +116,8 @@ class ControlIoc:
                 return ("Workflow:Start cannot be cleared while a run is active; "
                         "use Workflow:Abort") if self.orch.busy else None
             if self.orch.busy:
-                return (f"Workflow:Start: run {self.orch.run_id} is active "
-                        f"({self.orch.sm.state}); wait for it to finish or use Workflow:Abort")
+                return (f"Workflow:Start: {self.orch.describe()}; wait for it to finish or "
+                        "use Workflow:Abort")
             path = self.records["Scan:Path"].get()
             if not path:
                 return "Workflow:Start: Scan:Path is empty; set it to a scan file first"
@@ -138,9 +153,7 @@ class ControlIoc:
         }
 
     def _launch(self, path: str) -> None:
-        scan = resolve_scan_path(path, self.settings.data_path)
-        assert self.loop is not None
-        self.orch.task = self.loop.create_task(self.orch.run(scan, self._params()))
+        self.orch.launch(resolve_scan_path(path, self.settings.data_path), self._params())
 
     async def _on_start(self, value: int) -> None:
         if value == 1:
@@ -155,13 +168,27 @@ class ControlIoc:
 
     async def _on_auto(self, value: int) -> None:
         self.autosave.save("Workflow:Auto", value)
-        if value:
+        was_on, self._auto_on = self._auto_on, bool(value)
+        if value and self.gate.closed:
+            self.gate.reopen()
+            self.post({"Model:TargetMet_RBV": 0})
+            self.message("Auto: resumed sending scans to remote compute")
+        elif value and not was_on:
             self.watcher.snapshot()
             self.message(f"Auto on: watching {self.watcher.root} for new *.h5 scans")
-        else:
+        elif not value:
             dropped = len(self.watcher.pending)
             self.watcher.pending.clear()
+            self.post({"Workflow:QueuedScans_RBV": 0})
             self.message("Auto off" + (f"; {dropped} queued scan(s) dropped" if dropped else ""))
+        self._wake.set()
+
+    async def _on_quality_target(self, value: float) -> None:
+        self.autosave.save("Model:QualityTarget", value)
+        if self.gate.set_target(float(value)):
+            self.post({"Model:TargetMet_RBV": 0})
+            self.message(f"Auto: quality target lowered to {value:.3f}; resumed sending scans")
+            self._wake.set()
 
     async def _on_deploy(self, value: int) -> None:
         if value == 0:
@@ -172,6 +199,8 @@ class ControlIoc:
         try:
             await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
                                        model["path"])
+            self.registry.mark_deployed(int(value), "Model:Deploy")
+            self.post({"Model:Deployed_RBV": int(value)})
             self.message(f"Model v{value} deployed to {self.settings.edge_prefix}")
         except Exception as exc:
             self.message(str(exc))
@@ -183,31 +212,32 @@ class ControlIoc:
         return save
 
     async def _auto_loop(self) -> None:
-        """Queue new scans while Auto is on; start the oldest whenever the slot is free."""
+        """Queue new scans while Auto is on; start runs while the back end has room."""
         loop = asyncio.get_running_loop()
         while True:
             await loop.run_in_executor(None, self._wake.wait, self.settings.poll_s)
             self._wake.clear()
             if not self.records["Workflow:Auto"].get():
                 continue
-            new = await loop.run_in_executor(None, self.watcher.poll)
-            if new and self.orch.busy:
-                self.message(f"Auto: queued {len(new)} scan(s); {len(self.watcher.pending)} "
-                             f"waiting")
-            if self.orch.busy or not self.watcher.pending:
-                continue
+            await loop.run_in_executor(None, self.watcher.poll)
+            if not self.gate.closed:
+                self._admit_queued()
+            self.post({"Workflow:QueuedScans_RBV": len(self.watcher.pending)})
+
+    def _admit_queued(self) -> None:
+        compute = COMPUTE_BACKENDS[self.records["Compute:Backend"].get()]
+        while self.watcher.pending and self.orch.admit(compute):
             nxt = self.watcher.next()
             if nxt is None:
-                continue
+                self.orch.release()
+                return
             problem = check_scan_path(str(nxt), self.settings.data_path)
             if problem:  # e.g. a symlink that points out of the data root
+                self.orch.release()
                 self.message(f"Auto: skipped {nxt.name}: {problem}")
                 continue
-            # the same path as a client's puts: validation reserves the slot, on_update starts
             self.records["Scan:Path"].set(str(nxt))
-            self.records["Workflow:Start"].set(1)
-            if self.records["Workflow:Start"].get() != 1:  # a client's start got there first
-                self.watcher.pending.appendleft(nxt)
+            self.orch.launch(nxt, self._params())
 
     # -- life cycle -----------------------------------------------------------------------
     def _initial(self) -> dict[str, Any]:
@@ -215,6 +245,9 @@ class ControlIoc:
         interrupted = self.registry.recover()
         last = self.registry.last_run()
         values["Model:Version_RBV"] = self.registry.latest_version()
+        values["Model:Deployed_RBV"] = self.registry.deployed_version()
+        self.gate.set_target(float(values.get("Model:QualityTarget", 0.0)))
+        self._auto_on = bool(values.get("Workflow:Auto", 0))
         if last is not None:
             values["Workflow:RunId_RBV"] = last["id"]
         if interrupted:
@@ -232,7 +265,8 @@ class ControlIoc:
         updates: dict[str, Any] = {"Workflow:Start": self._on_start,
                                    "Workflow:Abort": self._on_abort,
                                    "Workflow:Auto": self._on_auto,
-                                   "Model:Deploy": self._on_deploy}
+                                   "Model:Deploy": self._on_deploy,
+                                   "Model:QualityTarget": self._on_quality_target}
         for spec in CONTROL:
             if spec.autosave and spec.suffix not in updates:
                 updates[spec.suffix] = self._saver(spec.suffix)
@@ -251,11 +285,20 @@ class ControlIoc:
         from ptychoflow.ioc.records import create_records
 
         return create_records(self.settings.prefix, self._initial(), self._validate, updates,
-                              always_update=MOMENTARY)
+                              always_update=ALWAYS_UPDATE)
 
     def _warm(self) -> None:
+        """Start the configured compute back ends now, so the first run starts quickly."""
         assert self.loop is not None
-        self.loop.run_in_executor(None, self.local.warm)
+        for name in self._configured:
+            self.loop.run_in_executor(None, self._start_compute, self.computes[name])
+
+    def _start_compute(self, compute: Compute) -> None:
+        try:
+            compute.check()
+            compute.start()
+        except Exception as exc:  # reported now; a run on it fails at Start with the cause
+            self.message(f"Compute back end {compute.name} did not start: {exc}")
 
     def stop(self, timeout: float = 15.0) -> None:
         """Abort an active run (recorded as Aborted), stop workers, close the registry."""
@@ -265,28 +308,30 @@ class ControlIoc:
                 fut.result(timeout)
             except Exception:
                 log.exception("clean shutdown failed")
-        self.local.shutdown()
+        self.orch.close()
+        for backend in [*self.computes.values(), *self.transfers.values()]:
+            try:
+                backend.shutdown() if hasattr(backend, "shutdown") else backend.close()
+            except Exception:
+                log.exception("stopping back end %s", backend.name)
         self.registry.close()
 
     async def _shutdown(self) -> None:
         if self._auto_task is not None:
             self._auto_task.cancel()
-        task = self.orch.task
-        if task is not None and not task.done():
-            self.message("IOC stopping: aborting the active run")
+        tasks = list(self.orch.tasks)
+        if tasks:
+            self.message("IOC stopping: aborting the active run(s)")
             await self.orch.abort()
-            try:
-                await asyncio.wait_for(task, 10)
-            except (TimeoutError, asyncio.CancelledError):
-                pass
+            await asyncio.wait(tasks, timeout=10)
 
 
-def serve(settings: IocSettings) -> int:
+def serve(settings: IocSettings, tables: dict[str, Any] | None = None) -> int:
     """Run the IOC until SIGINT or SIGTERM; returns the exit status."""
     # CA/PVA server threads (put validation), the asyncio loop and the progress pump all
     # need the GIL; handing it over every 1 ms instead of 5 ms keeps put-to-monitor tails short
     sys.setswitchinterval(0.001)
-    ioc = ControlIoc(settings)
+    ioc = ControlIoc(settings, tables)
     ioc.start()
     log.info("control IOC %s serving CA and PVA; data root %s, work root %s; writers %s",
              settings.prefix, settings.data_path, settings.work_path, settings.acl_summary())

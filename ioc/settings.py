@@ -7,16 +7,17 @@ so a site can swap in its own stage without touching the IOC.
 from __future__ import annotations
 
 import getpass
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptychoflow.config import ConfigError, setting
+from ptychoflow.ioc.stagetable import COMPUTE_STAGES
 from ptychoflow.pvnames import DEFAULT_PREFIX
+from ptychoflow.stages import StageFn
 
-STAGE_STATES = {"transfer": "Transferring", "reconstruct": "Reconstructing",
-                "train": "Training", "export": "Deploying"}
-DEFAULT_STAGES = {name: f"ptychoflow.remote.stages:{name}" for name in STAGE_STATES}
+DEFAULT_STAGES = {name: f"ptychoflow.remote.stages:{name}" for name in COMPUTE_STAGES}
 
 
 @dataclass
@@ -37,6 +38,11 @@ class IocSettings:
     poll_s: float = setting(0.5, "how often Auto mode looks for new scan files (s)")
     abort_grace_s: float = setting(3.0, "how long an aborted stage may take to stop before "
                                         "its worker process is terminated (s)")
+    max_concurrent_stages: int = setting(0, "compute stages of overlapping runs at once, and "
+                                            "runs Auto keeps in flight (0: the compute back "
+                                            "end's workers)")
+    quality_runs: int = setting(3, "consecutive runs meeting Model:QualityTarget that stop "
+                                   "Auto sending scans to remote compute")
     stages: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STAGES),
                                    metadata={"cli": False, "help": "stage functions"})
 
@@ -45,10 +51,16 @@ class IocSettings:
             raise ConfigError("prefix must not be empty; set --prefix, e.g. PTYCHO:")
         if self.poll_s <= 0 or self.abort_grace_s < 0:
             raise ConfigError("poll_s must be > 0 and abort_grace_s >= 0")
-        unknown = set(self.stages) - set(STAGE_STATES)
+        if self.max_concurrent_stages < 0 or self.quality_runs < 1:
+            raise ConfigError("max_concurrent_stages must be >= 0 and quality_runs >= 1")
+        if "transfer" in self.stages:
+            raise ConfigError("[ioc.stages] transfer: the transfer is no longer a compute stage; "
+                              "the IOC does it through Transfer:Backend (configure "
+                              "[transfer.local] or [transfer.globus]); remove the key")
+        unknown = set(self.stages) - set(COMPUTE_STAGES)
         if unknown:
             raise ConfigError(f"unknown stage(s) {sorted(unknown)} in [ioc.stages]; "
-                              f"known: {sorted(STAGE_STATES)}")
+                              f"known: {sorted(COMPUTE_STAGES)}")
         self.stages = {**DEFAULT_STAGES, **self.stages}
         for name, dotted in self.stages.items():
             if ":" not in dotted:
@@ -68,3 +80,16 @@ class IocSettings:
         """Who may write, for the startup log."""
         return {"users": self.writers or ["<everyone>"],
                 "hosts": self.writer_hosts or ["<any>"], "running_as": getpass.getuser()}
+
+
+def load_stage(dotted: str) -> StageFn:
+    """Import ``module:function``; the error says which setting names it."""
+    module, _, name = dotted.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except Exception as exc:  # ImportError, AttributeError, or an error inside the module
+        raise RuntimeError(f"cannot load stage {dotted!r} ({type(exc).__name__}: {exc}); "
+                           f"check [ioc.stages] in the configuration") from exc
+    if not callable(fn):
+        raise RuntimeError(f"stage {dotted!r} is not a function; check [ioc.stages]")
+    return fn  # type: ignore[no-any-return]

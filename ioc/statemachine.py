@@ -7,13 +7,20 @@ Kept free of EPICS so the rules are unit-tested on their own.
 
 from __future__ import annotations
 
+from ptychoflow.ioc.stagetable import (  # noqa: F401 - the states are re-exported
+    ABORTED,
+    DEPLOYING,
+    DONE,
+    FAILED,
+    IDLE,
+    RECONSTRUCTING,
+    STAGES,
+    TRAINING,
+    TRANSFERRING,
+)
 from ptychoflow.pvnames import STATES
 
-IDLE, TRANSFERRING, RECONSTRUCTING, TRAINING, DEPLOYING, DONE, FAILED, ABORTED = STATES
-PIPELINE: tuple[tuple[str, str], ...] = (
-    (TRANSFERRING, "transfer"), (RECONSTRUCTING, "reconstruct"),
-    (TRAINING, "train"), (DEPLOYING, "export"),
-)
+PIPELINE: tuple[tuple[str, str], ...] = tuple((s.state, s.name) for s in STAGES)
 ACTIVE = frozenset(state for state, _ in PIPELINE)
 FINAL = frozenset({IDLE, DONE, FAILED, ABORTED})
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "demo": "ptychoflow.demo",
     "bench": "ptychoflow.bench",
     "flow": "ptychoflow.remote.flow_cli",
+    "login": "ptychoflow.ioc.login_cli",
 }
 
 EXTRA_FOR = {"softioc": "ioc", "ophyd": "ioc", "bluesky": "ioc", "ophyd_async": "ioc",

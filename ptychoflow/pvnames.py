@@ -65,6 +65,8 @@ CONTROL: tuple[PVSpec, ...] = (
     PVSpec("Workflow:Message_RBV", "lsi", "R", "Last status or error", initial="",
            length=MESSAGE_LENGTH),
     PVSpec("Workflow:RunId_RBV", "longin", "R", "Current or last run id"),
+    PVSpec("Workflow:ActiveRuns_RBV", "longin", "R", "Runs in progress (overlap in Auto)"),
+    PVSpec("Workflow:QueuedScans_RBV", "longin", "R", "Scans waiting for a run (Auto)"),
     PVSpec("Scan:Path", "lso", "W", "Scan file to process", initial="", length=PATH_LENGTH),
     PVSpec("Transfer:Backend", "mbbo", "W", "Transfer back end", enums=TRANSFER_BACKENDS,
            autosave=True),
@@ -89,6 +91,11 @@ CONTROL: tuple[PVSpec, ...] = (
     PVSpec("Model:Deploy", "longout", "W", "Deploy a registered model version", low=0,
            high=1_000_000),
     PVSpec("Model:Quality_RBV", "ai", "R", "SSIM of edge vs iterative", low=-1, high=1, prec=3),
+    PVSpec("Model:Deployed_RBV", "longin", "R", "Model version the edge was given last"),
+    PVSpec("Model:QualityTarget", "ao", "W", "SSIM target that releases the cluster",
+           initial=0.0, low=0, high=1, autosave=True, prec=3),
+    PVSpec("Model:TargetMet_RBV", "bi", "R", "Quality target met: Auto paused",
+           enums=("No", "Yes")),
 )
 
 # Edge service (pure pvAccess, served by p4p).

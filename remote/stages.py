@@ -1,23 +1,21 @@
 """The four remote stages of a workflow run, in the contract of :mod:`ptychoflow.stages`.
 
-``transfer -> reconstruct -> train -> export``: each is a plain, picklable
+``reconstruct -> train -> export`` (the scan file reaches the compute site
+before them through the IOC's transfer back end): each is a plain, picklable
 function ``fn(scan_path, workdir, params, progress=None) -> dict`` that any
 executor (a local process, a Parsl worker, a Globus Compute endpoint) can run.
 The orchestrator merges each result into ``params`` for the next stage, so
-later stages find ``params["path"]`` (the staged scan), ``params["reconstruction"]``
+stages find ``params["path"]`` (the transferred scan), ``params["reconstruction"]``
 and ``params["checkpoint"]``. Heavy imports (torch, pty-chi, onnx) happen
 inside the stage, so importing this module is cheap.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
 from pathlib import Path
 from typing import Any
 
-from ptychoflow.remote._files import atomic_path
-from ptychoflow.scanfile import Scan, ScanFileError, read_scan
+from ptychoflow.scanfile import Scan, read_scan
 from ptychoflow.stages import Reporter
 
 Params = dict[str, Any]
@@ -41,38 +39,6 @@ def _stem(path: Path) -> str:
     from ptychoflow.remote.dataset import scan_key
 
     return scan_key(path)
-
-
-def transfer(scan_path: str, workdir: str, params: Params,
-             progress: Reporter | None = None) -> dict[str, Any]:
-    """Stage the scan file into ``workdir`` (copy to ``.part``, then rename)."""
-    backend = str(params.get("transfer_backend", "Local"))
-    if backend.lower() == "globus":
-        raise StageError("transfer_backend=Globus is not configured in this release: no Globus "
-                         "endpoints or collection paths are set; use transfer_backend=Local "
-                         "(shared file system) for now")
-    if backend.lower() != "local":
-        raise StageError(f"unknown transfer_backend {backend!r}; use Local or Globus")
-    src = Path(scan_path)
-    if not src.is_file():
-        raise ScanFileError(src, "no such file to transfer; check Scan:Path")
-    if src.name.endswith(".part"):
-        raise ScanFileError(src, "is still being written (*.part); wait until it is renamed")
-    dest = Path(workdir) / src.name
-    size = src.stat().st_size
-    t0 = time.perf_counter()
-    if dest.resolve() != src.resolve():
-        done = 0
-        with atomic_path(dest) as tmp, open(src, "rb") as fi, open(tmp, "wb") as fo:
-            while block := fi.read(8 << 20):
-                fo.write(block)
-                done += len(block)
-                if progress is not None:
-                    progress(done / max(size, 1), bytes=done)
-        shutil.copystat(src, dest)
-    seconds = time.perf_counter() - t0
-    return {"path": str(dest), "bytes": size, "seconds": seconds,
-            "rate_mb_s": size / 1e6 / seconds if seconds > 0 else 0.0}
 
 
 def reconstruct(scan_path: str, workdir: str, params: Params,

@@ -89,7 +89,9 @@ def test_settings_defaults_and_stage_names():
     assert s.stages == DEFAULT_STAGES
     assert s.stages["export"] == "ptychoflow.remote.stages:export"
     s = IocSettings(stages={"train": "mymod:train"})
-    assert s.stages["train"] == "mymod:train" and s.stages["transfer"].endswith(":transfer")
+    assert s.stages["train"] == "mymod:train" and s.stages["export"].endswith(":export")
+    with pytest.raises(ConfigError, match="no longer a compute stage"):
+        IocSettings(stages={"transfer": "m:f"})
     with pytest.raises(ConfigError, match="module:function"):
         IocSettings(stages={"train": "nodots"})
     with pytest.raises(ConfigError, match="unknown stage"):
@@ -112,7 +114,7 @@ def test_progress_records_map_onto_read_backs():
 
 
 def test_load_stage_names_the_setting_to_fix():
-    from ptychoflow.ioc.orchestrator import load_stage
+    from ptychoflow.ioc.settings import load_stage
 
     assert load_stage("os.path:join") is os.path.join
     with pytest.raises(RuntimeError, match=r"\[ioc.stages\]"):

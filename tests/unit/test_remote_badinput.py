@@ -73,19 +73,6 @@ def test_inconsistent_scan_is_refused(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*-recon.h5")) and not _leftovers(tmp_path)
 
 
-def test_transfer_refuses_missing_unfinished_and_globus(tmp_path: Path) -> None:
-    with pytest.raises(ScanFileError, match="no such file"):
-        stages.transfer(str(tmp_path / "nope.h5"), str(tmp_path / "w"), BASE)
-    part = tmp_path / "s.h5.part"
-    part.write_bytes(b"x")
-    with pytest.raises(ScanFileError, match="still being written"):
-        stages.transfer(str(part), str(tmp_path / "w"), BASE)
-    src = _scan(tmp_path / "s.h5")
-    with pytest.raises(stages.StageError, match="Globus is not configured"):
-        stages.transfer(str(src), str(tmp_path / "w"), {"transfer_backend": "Globus"})
-    assert not (tmp_path / "w").exists()
-
-
 def test_positions_outside_the_object_are_refused(tmp_path: Path) -> None:
     src = _scan(tmp_path / "s.h5")
     with pytest.raises(ReconstructionError, match="reach outside the object"):

@@ -27,7 +27,7 @@ from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
 
 HERE = Path(__file__).resolve().parent
 TEST_STAGES = {name: f"ioc_test_stages:{name}"
-               for name in ("transfer", "reconstruct", "train", "export")}
+               for name in ("reconstruct", "train", "export")}
 
 
 _SESSION: dict[str, Any] = {}

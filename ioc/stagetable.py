@@ -1,0 +1,53 @@
+"""The one table of the workflow's stages: name, state, progress readbacks, who runs it.
+
+Everything that used to map stages to states or to PVs in several places
+(the state machine's pipeline, the settings' stage names, the orchestrator's
+progress fields) derives from :data:`STAGES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ptychoflow.pvnames import STATES
+
+IDLE, TRANSFERRING, RECONSTRUCTING, TRAINING, DEPLOYING, DONE, FAILED, ABORTED = STATES
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a run.
+
+    ``runs_on`` says who does the work: ``transfer`` stages are done by the
+    orchestrator through the transfer back end (on the beamline host), ``compute``
+    stages are submitted to the compute back end. ``lineage`` stages of successive
+    runs happen one run at a time, in run order (one training lineage, model
+    versions in order). ``retry_safe``: a stage whose worker died may be run once
+    more, because it writes only its own atomic outputs.
+    """
+
+    name: str
+    state: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+    runs_on: Literal["transfer", "compute"] = "compute"
+    lineage: bool = False
+    makes_model: bool = False
+    retry_safe: bool = True
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("transfer", TRANSFERRING, {"rate_mb_s": "Transfer:Rate_RBV"}, runs_on="transfer"),
+    Stage("reconstruct", RECONSTRUCTING, {"epoch": "Recon:Epoch_RBV", "error": "Recon:Error_RBV"}),
+    Stage("train", TRAINING, {"epoch": "Train:Epoch_RBV", "loss": "Train:Loss_RBV",
+                              "val_loss": "Train:ValLoss_RBV",
+                              "best_val_loss": "Train:BestValLoss_RBV"},
+          lineage=True, retry_safe=False),
+    Stage("export", DEPLOYING, lineage=True, makes_model=True, retry_safe=False),
+)
+BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+COMPUTE_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.runs_on == "compute")
+RESET_ON_START: dict[str, float | int] = {
+    "Workflow:Progress_RBV": 0.0, "Transfer:Rate_RBV": 0.0,
+    **{suffix: 0 for s in STAGES for suffix in s.fields.values()}}
