@@ -473,7 +473,7 @@ class Orchestrator:
         note = await self._deploy(run, version, model, result, transfer)
         if self.gate.record(float(ssim) if isinstance(ssim, int | float) else None):
             self.sink.post({"Model:TargetMet_RBV": 1})
-            self.sink.message(f"Auto: {self.gate.note()}")
+            note += f"; Auto: {self.gate.note()}"
         return note
 
     async def _deploy(self, run: ActiveRun, version: int, model: str, result: dict[str, Any],

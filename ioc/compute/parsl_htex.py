@@ -142,7 +142,7 @@ def make_config(cfg: ParslSettings, run_dir: Path) -> Any:
         available_accelerators=cfg.gpus_per_worker * cfg.workers if cfg.gpus_per_worker else (),
         address=address, heartbeat_period=5, heartbeat_threshold=20, poll_period=10)
     return Config(executors=[htex], run_dir=str(run_dir), retries=0, strategy="simple",
-                  initialize_logging=False, app_cache=False)
+                  initialize_logging=False)
 
 
 class ParslCompute:
@@ -190,6 +190,11 @@ class ParslCompute:
             from parsl.app.app import python_app
             from parsl.dataflow.dflow import DataFlowKernel
 
+            # Parsl starts its interchange (and local workers) by script name from PATH:
+            # this Python's scripts folder goes first, as in an activated environment
+            scripts = str(Path(sys.executable).parent)
+            if scripts not in os.environ.get("PATH", "").split(os.pathsep):
+                os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
             run_dir = Path(self.cfg.run_dir or Path(self.settings.work_path) / "parsl")
             run_dir.mkdir(parents=True, exist_ok=True)
             self._dfk = DataFlowKernel(make_config(self.cfg, run_dir))

@@ -124,7 +124,7 @@ class IocFactory:
     def start(self, *, prefix: str | None = None, data: Path | None = None,
               work: Path | None = None, stages: dict[str, str] | None = None,
               extra_env: dict[str, str] | None = None, wait: bool = True,
-              **settings: Any) -> Ioc:
+              tables: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Ioc:
         n = len(self.started)
         prefix = prefix or random_prefix()
         data = data or self.root / "data"
@@ -136,6 +136,8 @@ class IocFactory:
         lines = ["[ioc]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
         lines += ["", "[ioc.stages]"]
         lines += [f"{k} = {toml_value(v)}" for k, v in {**TEST_STAGES, **(stages or {})}.items()]
+        for section, table in (tables or {}).items():  # e.g. "compute.parsl": {...}
+            lines += ["", f"[{section}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
         config.write_text("\n".join(lines) + "\n")
         env = dict(self.env)
         env["PYTHONPATH"] = os.pathsep.join(

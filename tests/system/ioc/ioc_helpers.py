@@ -40,3 +40,42 @@ def wait_for(cond: Callable[[], Any], timeout: float = 30.0, what: str = "condit
             return v
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}" + (f"\n{ioc.log()}" if ioc else ""))
+
+
+class EdgeLoadPV:
+    """The edge's ``Edge:Model:Load`` on its own isolated ports: records every load put.
+
+    A real p4p server, like the edge's; the IOC under test finds it through a name
+    server entry (``names``), as it would find an edge on another host.
+    """
+
+    def __init__(self, epics_env: dict[str, str], tag: str) -> None:
+        import threading
+
+        from p4p.nt import NTScalar
+        from p4p.server import Server
+        from p4p.server.thread import SharedPV
+
+        from ptychoflow.epicsenv import isolated_env, pva_conf
+        from ptychoflow.pvnames import EDGE, by_suffix
+
+        self.loads: list[str] = []
+        self.got = threading.Event()
+        self.prefix = "EDGE" + tag + ":"
+        pv = SharedPV(nt=NTScalar("s"), initial="")
+
+        @pv.put
+        def _load(pv: Any, op: Any) -> None:
+            self.loads.append(op.value().raw.value)
+            pv.post(op.value())
+            op.done()
+            self.got.set()
+
+        env = isolated_env()
+        name = by_suffix(EDGE)["Edge:Model:Load"].name(self.prefix)
+        self.server = Server(providers=[{name: pv}], conf=pva_conf(env), useenv=False)
+        self.names = (epics_env["EPICS_PVA_NAME_SERVERS"]
+                      + f" 127.0.0.1:{env['EPICS_PVA_SERVER_PORT']}")
+
+    def close(self) -> None:
+        self.server.stop()
