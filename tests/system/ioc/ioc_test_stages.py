@@ -100,3 +100,19 @@ def train_stubborn(scan_path: str, workdir: str, params: dict[str, Any],
 def reconstruct_failing(scan_path: str, workdir: str, params: dict[str, Any],
                         progress: Any = None) -> dict[str, Any]:
     raise ValueError("synthetic solver divergence at epoch 3")
+
+
+def reconstruct_dies_once(scan_path: str, workdir: str, params: dict[str, Any],
+                          progress: Any = None) -> dict[str, Any]:
+    """Its worker process dies the first time (as if killed or out of memory)."""
+    marker = Path(workdir).parent / "died-once"
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os._exit(9)
+    return reconstruct(scan_path, workdir, params, progress)
+
+
+def train_dies(scan_path: str, workdir: str, params: dict[str, Any],
+               progress: Any = None) -> dict[str, Any]:
+    """Its worker process always dies."""
+    os._exit(9)

@@ -142,3 +142,23 @@ def test_quality_gate_stops_auto_and_auto_put_again_resumes(iocs, pva):
     assert pva.get(ioc.pv("Model:TargetMet_RBV")).raw.value.index == 0
     assert pva.get(ioc.pv("Workflow:QueuedScans_RBV")) == 0
     pva.put(ioc.pv("Workflow:Auto"), 0)
+
+
+@pytest.mark.parametrize("tables", [{}, PARSL], ids=["local", "parsl"])
+def test_a_dead_worker_is_retried_once_where_safe_else_the_run_fails_naming_it(iocs, pva,
+                                                                              tables):
+    ioc = iocs.start(tables=tables, stages={"reconstruct": "ioc_test_stages:reconstruct_dies_once",
+                                            "train": "ioc_test_stages:train_dies"})
+    backend = "Parsl" if tables else "Local"
+    pva.put(ioc.pv("Compute:Backend"), 1 if tables else 0)
+    pva.put(ioc.pv("Recon:Epochs"), 2)
+    pva.put(ioc.pv("Scan:Path"), str(make_scan(ioc.data / "scan.h5")))
+    n = put_start(pva, ioc)
+    assert wait_final(pva, ioc, 120, run=n) == "Failed"
+    msg = message(pva, ioc)
+    assert msg.startswith(f"Failed in Training: the worker running train on {backend} died")
+    assert "not retried: this stage changes the training lineage" in msg
+    assert f"the worker running reconstruct on {backend} died" in ioc.log()
+    assert "retrying once" in ioc.log()
+    assert (ioc.work / "runs" / "run-00001" / "reconstruct" / "recon.npy").is_file()
+    assert not (ioc.work / "runs" / "run-00001" / "train").exists()
