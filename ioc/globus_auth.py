@@ -182,8 +182,7 @@ def requirements(*, transfer: bool = False, data_access: Sequence[str] = (),
     if compute:
         out[ComputeScopes.resource_server] = [ComputeScopes.all]
     if flows:
-        out[FlowsScopes.resource_server] = [FlowsScopes.manage_flows, FlowsScopes.run_manage,
-                                            FlowsScopes.run_status]
+        out[FlowsScopes.resource_server] = [FlowsScopes.all]
     for flow_id in flow_ids:
         out[flow_id] = [SpecificFlowScopes(flow_id).user]
     return out

@@ -12,12 +12,13 @@ import importlib
 import json
 from typing import Any
 
-HELP = "run a benchmark and print its figures (sim, ioc, edge)"
+HELP = "run a benchmark and print its figures (sim, ioc, edge, remote)"
 
 BENCHES = {
     "sim": "ptychoflow.sim.bench",
     "ioc": "ptychoflow.ioc.bench",
     "edge": "ptychoflow.edge.bench",
+    "remote": "ptychoflow.ioc.remotebench",
 }
 
 

@@ -99,6 +99,8 @@ def run_scan(args: argparse.Namespace, out: Callable[[str], None] = print) -> in
         fc = flows_client(auth, interactive=interactive)
         flow_id = deploy(fc, ioc.work_path, out)
         sfc = specific_flow_client(auth, flow_id, interactive=interactive)
+        if tcfg.data_access:  # mapped collections: the run needs their consent too
+            sfc.add_app_transfer_data_access_scope(tcfg.data_access)
         started = sfc.run_flow(body, label=body["label"], tags=["ptychoflow"])
         out(f"run {started['run_id']} of flow {flow_id} started")
         return 0 if follow(fc, str(started["run_id"]), args.poll_s, out) == "SUCCEEDED" else 1
@@ -128,7 +130,8 @@ def run_input(args: argparse.Namespace, ioc: Any, tcfg: Any) -> dict[str, Any]:
                                  scan.name),
         "scan_path": str(local / run_dir / "transfer" / scan.name),
         "workdir": str(local / run_dir),
-        "params": {"path": str(local / run_dir / "transfer" / scan.name)},
+        "params": {"path": str(local / run_dir / "transfer" / scan.name),
+                   "model_dir": str(local / "models"), "train_dir": str(local / "training")},
         "stages": {"reconstruct": [stages["reconstruct"]],
                    "train_export": [stages["train"], stages["export"]]},
         "paths": {"compute_path": tcfg.compute_path, "compute_local_path": str(local),

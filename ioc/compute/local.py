@@ -26,13 +26,18 @@ from ptychoflow.stages import Reporter, StageFn, run_stage
 log = logging.getLogger(__name__)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Initializer of worker processes: exit when the IOC is gone.
+def _init_worker(parent: int, threads: int) -> None:
+    """Initializer of worker processes: share the cores, and exit when the IOC is gone.
 
-    After a ``kill -9`` of the IOC nothing would stop its spawned workers, and an
-    orphaned worker would go on writing into a run folder the registry already
-    calls interrupted.
+    Each worker gets its share of the host's cores as its thread count (OpenMP,
+    MKL and torch read these before they start their pools): two stages that
+    each spun a thread per core would fight over the same cores, and overlapping
+    runs would be slower, not faster. After a ``kill -9`` of the IOC nothing
+    would stop its spawned workers, and an orphaned worker would go on writing
+    into a run folder the registry already calls interrupted.
     """
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -47,6 +52,8 @@ class LocalComputeSettings:
     """``[compute.local]``."""
 
     workers: int = setting(2, "stage worker processes (stages of overlapping runs at once)")
+    threads_per_worker: int = setting(0, "threads each worker's stages use (0: this host's "
+                                         "cores divided among the workers)")
 
     @classmethod
     def from_table(cls, table: dict[str, Any] | None) -> LocalComputeSettings:
@@ -57,8 +64,9 @@ class LocalComputeSettings:
             raise ConfigError(f"unknown key(s) {sorted(unknown)} in [compute.local]; known: "
                               f"{sorted(cls.__dataclass_fields__)}")
         s = cls(**table)
-        if s.workers < 1:
-            raise ConfigError("[compute.local] workers must be at least 1")
+        if s.workers < 1 or s.threads_per_worker < 0:
+            raise ConfigError("[compute.local] workers must be at least 1 and "
+                              "threads_per_worker at least 0")
         return s
 
 
@@ -79,6 +87,8 @@ class LocalCompute:
     def __init__(self, settings: Any, table: dict[str, Any] | None) -> None:
         self.cfg = LocalComputeSettings.from_table(table)
         self.workers = self.cfg.workers
+        self.threads = self.cfg.threads_per_worker or max(1, (os.cpu_count() or 1)
+                                                          // self.workers)
         self._ctx = mp.get_context("spawn")
         self._slots = [_Slot() for _ in range(self.workers)]
         self._lock = threading.Lock()
@@ -92,8 +102,8 @@ class LocalCompute:
             raise RuntimeError("the IOC is stopping; no new stage worker is started")
         if slot.pool is None:
             slot.pool = cf.ProcessPoolExecutor(
-                max_workers=1, mp_context=self._ctx, initializer=_exit_with_parent,
-                initargs=(os.getpid(),))
+                max_workers=1, mp_context=self._ctx, initializer=_init_worker,
+                initargs=(os.getpid(), self.threads))
         return slot.pool
 
     def start(self) -> None:

@@ -115,7 +115,7 @@ def make_config(cfg: ParslSettings, run_dir: Path) -> Any:
 
     # the worker pool is started by name from PATH: put this Python's scripts first
     worker_init = "\n".join(filter(None, [
-        cfg.worker_init if cfg.provider != "local" else "",
+        cfg.worker_init,
         f"export PATH={Path(sys.executable).parent}:$PATH" if cfg.provider == "local" else "",
         "export PTYCHOFLOW_BLOCK_START=$(date +%s)",
         f"export PTYCHOFLOW_WALLTIME_S={cfg.walltime_s}" if cfg.provider != "local" else ""]))
