@@ -8,7 +8,24 @@ operator reads why. The first model always goes.
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any, Protocol
+
+from ptychoflow.ioc.qualitygate import QualityGate
+from ptychoflow.ioc.registry import Registry
+from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue
+from ptychoflow.ioc.settings import IocSettings
+from ptychoflow.ioc.transfer import Transfer
+from ptychoflow.modelcard import sha256_file, version_of
+from ptychoflow.stages import Reporter
+
+
+class _Sink(Protocol):
+    def post(self, values: dict[str, Any]) -> None: ...
+
+    def message(self, text: str) -> None: ...
 
 
 def _figure(model: dict[str, Any] | None, key: str) -> float | None:
@@ -46,3 +63,78 @@ def deploy_to_edge(edge_prefix: str, model: str, timeout: float = 10.0) -> None:
         except Exception as exc:
             raise RuntimeError(f"deploying {model} to the edge failed: put to {pv}: {exc}; "
                                f"is the edge running with prefix {edge_prefix}?") from exc
+
+
+class ModelKeeper:
+    """After export: register the model, deploy it if it beats the deployed one, count
+    its quality towards the gate. Returns the note the run's Done message carries.
+    """
+
+    def __init__(self, settings: IocSettings, registry: Registry, sink: _Sink,
+                 gate: QualityGate) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.sink = sink
+        self.gate = gate
+
+    def _progress(self, run: ActiveRun, item: dict[str, Any]) -> None:
+        if item.get("message") and not run.aborting:
+            self.sink.message(f"{run.sm.state}: {item['message']}")
+
+    async def keep(self, run: ActiveRun, result: dict[str, Any], transfer: Transfer,
+                   local: bool = True) -> str:
+        """Register the exported model, then deploy it if it beats the deployed one."""
+        model = result.get("model")
+        if not isinstance(model, str) or (local and not Path(model).is_file()):
+            raise RuntimeError(f"export returned no model file (got {model!r})")
+        version = int(result.get("version") or version_of(model) or run.params["version"])
+        metrics = dict(result.get("metrics") or {})
+        if isinstance(run.params.get("best_val_loss"), int | float):
+            metrics.setdefault("best_val_loss", run.params["best_val_loss"])
+        quality = result.get("quality")
+        if isinstance(quality, dict):
+            metrics["quality"] = quality
+        loop = asyncio.get_running_loop()
+        # on a compute site without a shared folder the export's own checksum is taken
+        digest = (await loop.run_in_executor(None, sha256_file, model) if local
+                  else str(result.get("sha256") or ""))
+        provenance = {"run_id": run.id, "scan": str(run.scan),
+                      "params": {k: v for k, v in run.params.items() if k != "version"}}
+        self.registry.add_model(version, model, digest, metrics, provenance, run.id)
+        values: dict[str, Any] = {"Model:Version_RBV": version}
+        ssim = quality.get("ssim") if isinstance(quality, dict) else None
+        if isinstance(ssim, int | float):
+            values["Model:Quality_RBV"] = float(ssim)
+        self.sink.post(values)
+        note = await self._deploy(run, version, model, result, transfer)
+        if self.gate.record(float(ssim) if isinstance(ssim, int | float) else None):
+            self.sink.post({"Model:TargetMet_RBV": 1})
+            note += f"; Auto: {self.gate.note()}"
+        return note
+
+    async def _deploy(self, run: ActiveRun, version: int, model: str, result: dict[str, Any],
+                      transfer: Transfer) -> str:
+        candidate = self.registry.model(version)
+        assert candidate is not None
+        deployed_v = self.registry.deployed_version()
+        ok, why = beats(candidate, self.registry.model(deployed_v) if deployed_v else None)
+        if not ok:
+            return f", model v{version} registered, not deployed: {why}"
+        if not self.settings.edge_prefix:
+            return f", model v{version}"
+        loop = asyncio.get_running_loop()
+        files = [model] + ([str(result["card"])] if result.get("card") else [])
+        if self.settings.int8_models and result.get("int8_model"):
+            files.append(str(result["int8_model"]))
+        run.reporter = Reporter("export", CallbackQueue(lambda i: self._progress(run, i)),
+                                threading.Event())
+        try:
+            moved = await loop.run_in_executor(None, transfer.model_to_edge, files,
+                                               run.reporter)
+        finally:
+            run.reporter = None
+        await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
+                                   moved[0].path)
+        self.registry.mark_deployed(version, why)
+        self.sink.post({"Model:Deployed_RBV": version})
+        return f", model v{version} deployed ({why})"

@@ -22,11 +22,11 @@ import shutil
 import socket
 import threading
 from collections.abc import Awaitable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
 from ptychoflow.ioc.compute import BackendNotConfigured, Compute
-from ptychoflow.ioc.deploy import beats, deploy_to_edge
+from ptychoflow.ioc.deploy import ModelKeeper
 from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue
@@ -42,7 +42,6 @@ from ptychoflow.ioc.stagetable import (
     Stage,
 )
 from ptychoflow.ioc.transfer import Transfer
-from ptychoflow.modelcard import sha256_file, version_of
 from ptychoflow.stages import Cancelled, ChannelTail, Reporter, channel_paths, file_reporter
 
 log = logging.getLogger(__name__)
@@ -88,6 +87,7 @@ class Orchestrator:
         self.computes = computes
         self.transfers = transfers
         self.gate = gate or QualityGate()
+        self.keeper = ModelKeeper(settings, registry, sink, self.gate)
         self.active: dict[int, ActiveRun] = {}
         self.run_id = 0
         self.tasks: set[asyncio.Task[None]] = set()
@@ -280,6 +280,9 @@ class Orchestrator:
         note = ""
         try:
             compute, transfer = await self._select(run.params)
+            site = PurePosixPath(transfer.compute_work)
+            if not compute.shares_files:  # stages see the compute site's copy of the work folder
+                run.params.update(model_dir=str(site / "models"), train_dir=str(site / "training"))
             fns = {name: load_stage(self.settings.stages[name]) for name in COMPUTE_STAGES}
             scan_path = str(scan)
             for stage in STAGES:
@@ -294,13 +297,15 @@ class Orchestrator:
                                else {"Workflow:Progress_RBV": 0.0})
                 stage_dir = run.run_dir / stage.name
                 stage_dir.mkdir(parents=True, exist_ok=True)
+                workdir = (str(stage_dir) if compute.shares_files
+                           else str(site / "runs" / run.name / stage.name))
                 if stage.runs_on == "transfer":
                     result = await self._transfer(run, transfer, scan)
                 else:
                     if stage.makes_model:
                         run.params["version"] = self.registry.latest_version() + 1
                     result = await self._compute(run, compute, stage, fns[stage.name],
-                                                 scan_path, stage_dir)
+                                                 scan_path, stage_dir, workdir)
                 stage_dir = None
                 results.update(result)
                 run.params.update(result)
@@ -311,7 +316,8 @@ class Orchestrator:
                     final.pop("Workflow:Progress_RBV", None)
                 self.sink.post(final)
                 if stage.makes_model:
-                    note = await self._register_model(run, result, transfer)
+                    note = await self.keeper.keep(run, result, transfer,
+                                                  local=compute.shares_files)
                 if stage.name == LAST_LINEAGE:
                     self._leave_lineage(run)
             self._transition(run, DONE, f"Done: run {run.id}{note}")
@@ -394,7 +400,7 @@ class Orchestrator:
         return self._slots[compute.name]
 
     async def _compute(self, run: ActiveRun, compute: Compute, stage: Stage, fn: Any,
-                       scan_path: str, stage_dir: Path) -> dict[str, Any]:
+                       scan_path: str, stage_dir: Path, workdir: str) -> dict[str, Any]:
         """Submit one stage and await it: a retry once if its worker died and that is safe."""
         slot = self._slot(compute)
         await self._until(run, slot.acquire())
@@ -410,7 +416,7 @@ class Orchestrator:
                                 if compute.shares_files else None)
                     run.worker = None
                 run.future = await loop.run_in_executor(
-                    None, compute.submit, fn, scan_path, str(stage_dir), params, run.reporter)
+                    None, compute.submit, fn, scan_path, workdir, params, run.reporter)
                 if run.aborting:
                     run.raise_cancel()
                 try:
@@ -446,59 +452,3 @@ class Orchestrator:
                 return wrapped.result()
             if run.given_up:
                 raise Cancelled(f"run {run.id} aborted; its worker was stopped")
-
-    async def _register_model(self, run: ActiveRun, result: dict[str, Any],
-                              transfer: Transfer) -> str:
-        """Register the exported model, then deploy it if it beats the deployed one."""
-        model = result.get("model")
-        if not isinstance(model, str) or not Path(model).is_file():
-            raise RuntimeError(f"export returned no model file (got {model!r})")
-        version = int(result.get("version") or version_of(model) or run.params["version"])
-        metrics = dict(result.get("metrics") or {})
-        if isinstance(run.params.get("best_val_loss"), int | float):
-            metrics.setdefault("best_val_loss", run.params["best_val_loss"])
-        quality = result.get("quality")
-        if isinstance(quality, dict):
-            metrics["quality"] = quality
-        loop = asyncio.get_running_loop()
-        digest = await loop.run_in_executor(None, sha256_file, model)
-        provenance = {"run_id": run.id, "scan": str(run.scan),
-                      "params": {k: v for k, v in run.params.items() if k != "version"}}
-        self.registry.add_model(version, model, digest, metrics, provenance, run.id)
-        values: dict[str, Any] = {"Model:Version_RBV": version}
-        ssim = quality.get("ssim") if isinstance(quality, dict) else None
-        if isinstance(ssim, int | float):
-            values["Model:Quality_RBV"] = float(ssim)
-        self.sink.post(values)
-        note = await self._deploy(run, version, model, result, transfer)
-        if self.gate.record(float(ssim) if isinstance(ssim, int | float) else None):
-            self.sink.post({"Model:TargetMet_RBV": 1})
-            note += f"; Auto: {self.gate.note()}"
-        return note
-
-    async def _deploy(self, run: ActiveRun, version: int, model: str, result: dict[str, Any],
-                      transfer: Transfer) -> str:
-        candidate = self.registry.model(version)
-        assert candidate is not None
-        deployed_v = self.registry.deployed_version()
-        ok, why = beats(candidate, self.registry.model(deployed_v) if deployed_v else None)
-        if not ok:
-            return f", model v{version} registered, not deployed: {why}"
-        if not self.settings.edge_prefix:
-            return f", model v{version}"
-        loop = asyncio.get_running_loop()
-        files = [model] + ([str(result["card"])] if result.get("card") else [])
-        if self.settings.int8_models and result.get("int8_model"):
-            files.append(str(result["int8_model"]))
-        run.reporter = Reporter("export", CallbackQueue(lambda i: self._progress(run, i)),
-                                threading.Event())
-        try:
-            moved = await loop.run_in_executor(None, transfer.model_to_edge, files,
-                                               run.reporter)
-        finally:
-            run.reporter = None
-        await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
-                                   moved[0].path)
-        self.registry.mark_deployed(version, why)
-        self.sink.post({"Model:Deployed_RBV": version})
-        return f", model v{version} deployed ({why})"

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import concurrent.futures.process  # noqa: F401 - import (and register its atexit hook) early
+import functools
 import logging
 import multiprocessing as mp
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +120,12 @@ class LocalCompute:
                 raise
             log.debug("warm-up cut short by shutdown: %s", exc)
 
+    def on_every_worker(self, fn: Callable[[], Any]) -> list[Any]:
+        """Run ``fn`` once in each worker (e.g. to import torch before timing stages)."""
+        with self._lock:
+            futures = [self._pool(slot).submit(fn) for slot in self._slots]
+        return [f.result() for f in futures]
+
     def submit(self, fn: StageFn, scan_path: str, workdir: str, params: dict[str, Any],
                reporter: Reporter | None) -> cf.Future[dict[str, Any]]:
         """Run the stage on the least busy worker (a broken one is replaced first)."""
@@ -131,7 +139,7 @@ class LocalCompute:
                 fut = self._pool(slot).submit(run_stage, fn, scan_path, workdir, params,
                                               reporter)
             slot.pending += 1
-        fut.add_done_callback(lambda f, s=slot: self._done(s, f))
+        fut.add_done_callback(functools.partial(self._done, slot))
         return fut
 
     def _done(self, slot: _Slot, fut: cf.Future[Any]) -> None:

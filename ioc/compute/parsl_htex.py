@@ -119,8 +119,9 @@ def make_config(cfg: ParslSettings, run_dir: Path) -> Any:
         f"export PATH={Path(sys.executable).parent}:$PATH" if cfg.provider == "local" else "",
         "export PTYCHOFLOW_BLOCK_START=$(date +%s)",
         f"export PTYCHOFLOW_WALLTIME_S={cfg.walltime_s}" if cfg.provider != "local" else ""]))
-    common = {"nodes_per_block": cfg.nodes_per_block, "init_blocks": cfg.init_blocks,
-              "min_blocks": 0, "max_blocks": cfg.max_blocks, "worker_init": worker_init}
+    common: dict[str, Any] = {
+        "nodes_per_block": cfg.nodes_per_block, "init_blocks": cfg.init_blocks,
+        "min_blocks": 0, "max_blocks": cfg.max_blocks, "worker_init": worker_init}
     provider: Any
     if cfg.provider == "local":
         common["nodes_per_block"] = 1

@@ -47,6 +47,12 @@ class Transfer(Protocol):
 
     def __init__(self, settings: Any, table: dict[str, Any] | None) -> None: ...
 
+    @property
+    def compute_work(self) -> str:
+        """The work folder as stages on the compute site open it (run folders, models,
+        the training set live under it there).
+        """
+
     def check(self) -> None:
         """Raise :class:`~ptychoflow.ioc.compute.BackendNotConfigured` (naming the TOML
         section to fill in) or :class:`TransferError` if this back end cannot run now.

@@ -181,6 +181,11 @@ class GlobusTransfer:
 
     # -- the protocol -----------------------------------------------------------------------
 
+    @property
+    def compute_work(self) -> str:
+        """The work folder as compute workers open it (``compute_local_path``)."""
+        return str(self.cfg.compute_local_path) if self.cfg else str(self.settings.work_path)
+
     def check(self) -> None:
         """Credentials work and every collection is up and shows its folder."""
         for role, collection, key, path in self._collections():

@@ -123,6 +123,11 @@ class LocalTransfer:
         self.settings = settings
         self.cfg = LocalTransferSettings.from_table(table)
 
+    @property
+    def compute_work(self) -> str:
+        """The compute site shares this host's work folder."""
+        return str(self.settings.work_path)
+
     def check(self) -> None:
         """Local copies need no configuration; the edge's model folder must be writable."""
         if self.cfg.edge_model_dir:

@@ -59,15 +59,6 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return out
 
 
-def test_transfer_stages_an_identical_copy(work: dict[str, Any]) -> None:
-    p = work["scans"][0]
-    staged = Path(p["path"])
-    src = work["dir"] / "beamline" / "scan1.h5"
-    assert staged.parent == work["dir"] and staged.read_bytes() == src.read_bytes()
-    assert p["bytes"] == src.stat().st_size and p["rate_mb_s"] > 0
-    assert not list(work["dir"].glob("*.part"))
-
-
 def test_rpie_recovers_the_truth(work: dict[str, Any]) -> None:
     p = work["scans"][0]
     scan = read_scan(p["path"])

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from ioc_helpers import EdgeLoadPV, make_scan, wait_for
-from test_ioc_workflow import message, put_start, state, wait_final
+from test_ioc_workflow import message, put_start, wait_final
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
 
