@@ -31,6 +31,7 @@ from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue
 from ptychoflow.ioc.settings import IocSettings, load_stage
+from ptychoflow.ioc.sitecheck import check_site, refusal
 from ptychoflow.ioc.stagetable import (
     ABORTED,
     BY_NAME,
@@ -96,6 +97,7 @@ class Orchestrator:
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._lineage: list[int] = []
         self._host = socket.gethostname()
+        self._sites_checked: set[str] = set()
         self._stop = threading.Event()
         self._pump = threading.Thread(target=self._pump_progress, name="progress-pump",
                                       daemon=True)
@@ -360,6 +362,13 @@ class Orchestrator:
         await loop.run_in_executor(None, transfer.check)
         await loop.run_in_executor(None, compute.check)
         await loop.run_in_executor(None, compute.start)
+        if compute.name not in self._sites_checked and compute.name != "Local":
+            self.sink.message(f"Checking the {compute.name} compute site's Python and packages")
+            _, diffs = await loop.run_in_executor(None, check_site, compute)
+            problem = refusal(compute.name, diffs)
+            if problem:
+                raise BackendNotConfigured(problem)
+            self._sites_checked.add(compute.name)
         return compute, transfer
 
     async def _lineage_turn(self, run: ActiveRun) -> None:

@@ -10,6 +10,7 @@ command runs, so ``ptychoflow --help`` works without torch.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -85,6 +86,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=quantize)
     for sp in sub.choices.values():
         add_arguments(sp, RemoteSettings)
+    p = sub.add_parser("check", help="run a tiny function on a compute site and list how its "
+                                     "Python, packages and devices differ from this host's")
+    p.add_argument("--backend", required=True, choices=["parsl", "globus-compute"])
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the site")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    # the beamline host's client of the engines does the asking (named, not imported here)
+    p.set_defaults(func=lambda args: importlib.import_module("ptychoflow.ioc.sitecheck")
+                   .main(args))
 
 
 class _Bar:

@@ -190,3 +190,20 @@ def test_parsl_refuses_missing_or_wrong_configuration_at_start():
     assert ParslSettings.from_table({"walltime": "02:30:00"}).walltime_s == 9000
     with pytest.raises(ConfigError):
         ParslSettings.from_table({"workers": 0})
+
+
+def test_site_differences_that_break_unpickling_refuse_the_back_end():
+    from ptychoflow.ioc.sitecheck import differences, refusal
+    from ptychoflow.remote.sitecheck import site_report
+
+    here = site_report()
+    assert here["packages"]["ptychoflow"] and "cpu" in here["devices"]
+    assert differences(here, here) == [] and refusal("Parsl", []) is None
+    there = {**here, "python": "3.12.1",
+             "packages": {**here["packages"], "ptychoflow": "0.0.9", "onnx": None}}
+    diffs = differences(here, there)
+    assert [(d.what, d.breaking) for d in diffs] == [
+        ("python", True), ("ptychoflow", True), ("onnx", False)]
+    msg = refusal("Parsl", diffs)
+    assert msg is not None and "python: here" in msg and "there 0.0.9" in msg
+    assert "ptychoflow remote check --backend parsl" in msg
