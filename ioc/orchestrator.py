@@ -416,7 +416,8 @@ class Orchestrator:
         loop = asyncio.get_running_loop()
         params = {**run.params, "abort_grace_s": self.settings.abort_grace_s}
         try:
-            for attempt in (1, 2):
+            attempt = 1
+            while True:
                 channel = run.run_dir / ".channel"
                 with run.lock:
                     run.reporter = (file_reporter(channel, stage.name) if compute.shares_files
@@ -429,7 +430,7 @@ class Orchestrator:
                 if run.aborting:
                     run.raise_cancel()
                 try:
-                    return await self._await(run)
+                    result = await self._await(run)
                 except Exception as exc:
                     if run.aborting:
                         raise Cancelled(f"{stage.name} aborted") from exc
@@ -440,12 +441,19 @@ class Orchestrator:
                                           f"{compute.name} died ({exc}); retrying once")
                         shutil.rmtree(stage_dir, ignore_errors=True)
                         stage_dir.mkdir(parents=True)
+                        attempt += 1
                         continue
                     raise RuntimeError(
                         f"the worker running {stage.name} on {compute.name} died ({exc}); "
                         + ("it ran once more and died again" if attempt == 2 else
                            "not retried: this stage changes the training lineage")) from exc
-            raise AssertionError("unreachable")
+                if not result.get("resume"):
+                    return result
+                # the allocation's walltime was near: the stage saved its state; go on anew
+                self.sink.message(f"{stage.state}: {stage.name} checkpointed at epoch "
+                                  f"{result.get('epoch')} before its allocation ended; "
+                                  f"resubmitted to {compute.name} to resume")
+                params = {**params, "resume_from": result.get("resume_from")}
         finally:
             self._drain(run)
             with run.lock:

@@ -63,10 +63,7 @@ def reconstruct(scan_path: str, workdir: str, params: Params,
 def train(scan_path: str, workdir: str, params: Params,
           progress: Reporter | None = None) -> dict[str, Any]:
     """Add this scan's pairs to the training set in ``train_dir`` and train one round."""
-    from ptychoflow.preprocess import Preprocess
     from ptychoflow.remote.dataset import TrainSet
-    from ptychoflow.remote.pairs import ObjectGrid, input_scale, make_pairs, output_pixel_size
-    from ptychoflow.remote.recon import read_reconstruction
     from ptychoflow.remote.train import TrainSettings, train_round
 
     if not params.get("reconstruction"):
@@ -76,10 +73,44 @@ def train(scan_path: str, workdir: str, params: Params,
         settings = TrainSettings.from_params(params)
     except (TypeError, ValueError) as exc:
         raise StageError(f"training parameters: {exc}") from exc
+    root = Path(params.get("train_dir") or Path(workdir) / "trainset")
+    resume = bool(params.get("resume_from"))
+    if resume:  # the round's pairs are in the set already: go on where the allocation ended
+        ts = TrainSet.open(root)
+        if ts is None:
+            raise StageError(f"cannot resume training: no training set in {root}")
+    else:
+        ts = _add_pairs(scan_path, params, root, settings.seed)
+    result = train_round(ts, settings, progress, deadline=_deadline(params), resume=resume)
+    result["train_dir"] = str(root)
+    result["scans_in_set"] = len(ts.scans)
+    return result
+
+
+def _deadline(params: Params) -> float | None:
+    """The end of the allocation this stage runs in (``params`` or the worker's block)."""
+    import os
+
+    if params.get("deadline"):
+        return float(params["deadline"])
+    try:
+        return float(os.environ["PTYCHOFLOW_BLOCK_START"]) + float(
+            os.environ["PTYCHOFLOW_WALLTIME_S"])
+    except (KeyError, ValueError):
+        end = os.environ.get("SLURM_JOB_END_TIME")
+        return float(end) if end and end.isdigit() else None
+
+
+def _add_pairs(scan_path: str, params: Params, root: Path, seed: int) -> Any:
+    """Make the scan's training pairs and add them to the persistent set in ``root``."""
+    from ptychoflow.preprocess import Preprocess
+    from ptychoflow.remote.dataset import TrainSet
+    from ptychoflow.remote.pairs import ObjectGrid, input_scale, make_pairs, output_pixel_size
+    from ptychoflow.remote.recon import read_reconstruction
+
     path = _scan_path(scan_path, params)
     scan = _read(path)
     rec = read_reconstruction(params["reconstruction"])
-    root = Path(params.get("train_dir") or Path(workdir) / "trainset")
     ts = TrainSet.open(root)
     if ts is None:
         # Binning by two keeps the real-space pixel and halves the field of view to about
@@ -99,11 +130,8 @@ def train(scan_path: str, workdir: str, params: Params,
     grid = ObjectGrid.centred(rec.object, rec.pixel_size_m)
     x, y = make_pairs(scan, grid, ts.preprocess, ts.output_size, ts.amplitude)
     ts.add(_stem(path), x, y, {"scan": str(path), "reconstruction": params["reconstruction"]},
-           seed=settings.seed)
-    result = train_round(ts, settings, progress)
-    result["train_dir"] = str(root)
-    result["scans_in_set"] = len(ts.scans)
-    return result
+           seed=seed)
+    return ts
 
 
 def export(scan_path: str, workdir: str, params: Params,

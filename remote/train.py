@@ -121,9 +121,25 @@ def _evaluate(model: PtychoNN, x: torch.Tensor, y: torch.Tensor, bs: int,
     return total / y.numel()
 
 
-def train_round(ts: TrainSet, s: TrainSettings, progress: Progress | None = None) -> \
-        dict[str, Any]:
-    """Train once on everything in ``ts``; returns the round's record."""
+def _resume_path(ts: TrainSet) -> Path:
+    return ts.root / "checkpoints" / "resume.pt"
+
+
+def _deadline_near(deadline: float | None, epoch_s: float) -> bool:
+    """Whether one more epoch (with a margin for saving) might outlast the allocation."""
+    return deadline is not None and time.time() + 1.5 * epoch_s + 30.0 > deadline
+
+
+def train_round(ts: TrainSet, s: TrainSettings, progress: Progress | None = None,
+                deadline: float | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train once on everything in ``ts``; returns the round's record.
+
+    With a ``deadline`` (epoch seconds: the end of the batch allocation this runs
+    in), a round that would not finish in time saves its whole state to
+    ``checkpoints/resume.pt`` after an epoch and returns ``{"resume": True, ...}``;
+    called again with ``resume=True`` (in a new allocation) it goes on from that
+    epoch, so an allocation's walltime never loses a round.
+    """
     xt, yt, xv, yv = (torch.from_numpy(a) for a in ts.load(s.val_fraction))
     device = pick_device(s.device)
     amp = s.amp and device.type == "cuda"
@@ -149,9 +165,23 @@ def train_round(ts: TrainSet, s: TrainSettings, progress: Progress | None = None
         mode="triangular2", cycle_momentum=False)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
     history: list[dict[str, float]] = []
-    improved_epoch = 0
-    t0 = time.perf_counter()
-    for epoch in range(1, s.epochs + 1):
+    improved_epoch, first_epoch, before = 0, 1, 0.0
+    if resume:
+        try:
+            r = torch.load(_resume_path(ts), map_location="cpu", weights_only=False)
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise TrainingError(f"cannot resume from {_resume_path(ts)} ({exc}); remove it to "
+                                "train the round anew") from exc
+        model.load_state_dict(r["model"])
+        opt.load_state_dict(r["opt"])
+        sched.load_state_dict(r["sched"])
+        scaler.load_state_dict(r["scaler"])
+        gen.set_state(r["gen"])
+        best, start_best, improved_epoch = r["best"], r["start_best"], r["improved_epoch"]
+        history, first_epoch, before = r["history"], r["epoch"] + 1, r["seconds"]
+    t0 = time.perf_counter() - before
+    for epoch in range(first_epoch, s.epochs + 1):
+        t_epoch = time.perf_counter()
         model.train()
         order = torch.randperm(len(xt), generator=gen)
         total = 0.0
@@ -190,6 +220,17 @@ def train_round(ts: TrainSet, s: TrainSettings, progress: Progress | None = None
         if progress is not None:
             progress(epoch / s.epochs, epoch=epoch, loss=train_loss, val_loss=val,
                      best_val_loss=best)
+        if epoch < s.epochs and _deadline_near(deadline, time.perf_counter() - t_epoch):
+            with atomic_path(_resume_path(ts)) as tmp:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                            "sched": sched.state_dict(), "scaler": scaler.state_dict(),
+                            "gen": gen.get_state(), "best": best, "start_best": start_best,
+                            "improved_epoch": improved_epoch, "history": history,
+                            "epoch": epoch, "seconds": time.perf_counter() - t0}, tmp)
+            return {"resume": True, "resume_from": str(_resume_path(ts)), "epoch": epoch,
+                    "epochs": s.epochs, "best_val_loss": best,
+                    "checkpoint": str(ts.best_checkpoint)}
+    _resume_path(ts).unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     return {"checkpoint": str(ts.best_checkpoint), "best_val_loss": best, "epochs": s.epochs,
             "pairs": int(len(xt) + len(xv)), "train_pairs": int(len(xt)),
@@ -197,6 +238,7 @@ def train_round(ts: TrainSet, s: TrainSettings, progress: Progress | None = None
             "start_val_loss": None if math.isinf(start_best) else start_best,
             "improved": improved_epoch > 0, "best_epoch": improved_epoch,
             "seconds": seconds, "samples_per_s": s.epochs * len(xt) / seconds,
+            "resumed": resume,
             "device": device.type, "amp": amp, "history": history}
 
 

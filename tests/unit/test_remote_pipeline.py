@@ -143,6 +143,21 @@ def test_training_lowers_val_loss_and_warm_starts(trained: dict[str, Any]) -> No
     assert second["best_val_loss"] <= second["start_val_loss"]
 
 
+def test_a_round_near_its_allocations_end_checkpoints_and_resumes(work: dict[str, Any],
+                                                                  tmp_path: Path) -> None:
+    p = work["scans"][0]
+    params = {**p, "train_dir": str(tmp_path / "ts"), "train_epochs": 4,
+              "deadline": __import__("time").time() + 31}  # 30 s margin: stop after epoch 1
+    first = stages.train(p["path"], str(tmp_path), params)
+    assert first["resume"] and first["epoch"] == 1 and Path(first["resume_from"]).is_file()
+    again = stages.train(p["path"], str(tmp_path), {
+        **params, "deadline": None, "resume_from": first["resume_from"]})
+    assert "resume" not in again and again["resumed"]
+    assert [h["epoch"] for h in again["history"]] == [1, 2, 3, 4]  # no epoch lost or repeated
+    assert again["pairs"] == 120  # the scan's pairs were added once
+    assert not Path(first["resume_from"]).exists()
+
+
 def test_export_is_faithful_and_carded(work: dict[str, Any], trained: dict[str, Any]) -> None:
     import onnxruntime as ort
 

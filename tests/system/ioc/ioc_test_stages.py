@@ -116,3 +116,14 @@ def train_dies(scan_path: str, workdir: str, params: dict[str, Any],
                progress: Any = None) -> dict[str, Any]:
     """Its worker process always dies."""
     os._exit(9)
+
+
+def train_walltime(scan_path: str, workdir: str, params: dict[str, Any],
+                   progress: Any = None) -> dict[str, Any]:
+    """Checkpoints at epoch 1 as if its allocation were ending, then resumes when resubmitted."""
+    if not params.get("resume_from"):
+        state = Path(workdir) / "resume.npy"
+        _atomic_save(state, np.ones(3))
+        return {"resume": True, "resume_from": str(state), "epoch": 1}
+    np.load(params["resume_from"])
+    return train(scan_path, workdir, params, progress)

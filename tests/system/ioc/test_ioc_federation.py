@@ -162,3 +162,15 @@ def test_a_dead_worker_is_retried_once_where_safe_else_the_run_fails_naming_it(i
     assert "retrying once" in ioc.log()
     assert (ioc.work / "runs" / "run-00001" / "reconstruct" / "recon.npy").is_file()
     assert not (ioc.work / "runs" / "run-00001" / "train").exists()
+
+
+def test_training_checkpointed_before_the_walltime_is_resubmitted_and_resumes(iocs, pva):
+    ioc = iocs.start(stages={"train": "ioc_test_stages:train_walltime"})
+    pva.put(ioc.pv("Recon:Epochs"), 2)
+    pva.put(ioc.pv("Train:Epochs"), 2)
+    pva.put(ioc.pv("Scan:Path"), str(make_scan(ioc.data / "scan.h5")))
+    n = put_start(pva, ioc)
+    assert wait_final(pva, ioc, 60, run=n) == "Done", message(pva, ioc)
+    assert ("train checkpointed at epoch 1 before its allocation ended; resubmitted to Local "
+            "to resume") in ioc.log()
+    assert pva.get(ioc.pv("Model:Version_RBV")) == 1
