@@ -127,3 +127,18 @@ def train_walltime(scan_path: str, workdir: str, params: dict[str, Any],
         return {"resume": True, "resume_from": str(state), "epoch": 1}
     np.load(params["resume_from"])
     return train(scan_path, workdir, params, progress)
+
+
+def export_affine(scan_path: str, workdir: str, params: dict[str, Any],
+                  progress: Any = None) -> dict[str, Any]:
+    """A real ONNX model with its card, as the edge serves it: version N multiplies by N."""
+    from ptychoflow.edge.onnxmodels import affine_model, write_card
+    from ptychoflow.preprocess import Preprocess
+
+    np.load(params["checkpoint"])
+    version = int(params["version"])
+    model = Path(params["model_dir"]) / f"model-v{version}.onnx"
+    affine_model(model, 32, scale=float(version))
+    write_card(model, version, Preprocess(input_size=32, intensity="linear"), 10e-9)
+    return {"model": str(model), "card": str(model.with_suffix(".json")), "version": version,
+            "quality": {"ssim": 0.9}, "metrics": {"best_val_loss": params["best_val_loss"]}}
