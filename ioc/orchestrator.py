@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import shutil
-import socket
 import threading
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -29,9 +27,10 @@ from ptychoflow.ioc.compute import BackendNotConfigured, Compute
 from ptychoflow.ioc.deploy import ModelKeeper
 from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
-from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue
+from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue, until
 from ptychoflow.ioc.settings import IocSettings, load_stage
 from ptychoflow.ioc.sitecheck import check_site, refusal
+from ptychoflow.ioc.stagerun import StageRunner
 from ptychoflow.ioc.stagetable import (
     ABORTED,
     BY_NAME,
@@ -40,10 +39,9 @@ from ptychoflow.ioc.stagetable import (
     FAILED,
     RESET_ON_START,
     STAGES,
-    Stage,
 )
 from ptychoflow.ioc.transfer import Transfer
-from ptychoflow.stages import Cancelled, ChannelTail, Reporter, channel_paths, file_reporter
+from ptychoflow.stages import Cancelled, Reporter
 
 log = logging.getLogger(__name__)
 LAST_LINEAGE = [s.name for s in STAGES if s.lineage][-1]
@@ -89,14 +87,13 @@ class Orchestrator:
         self.transfers = transfers
         self.gate = gate or QualityGate()
         self.keeper = ModelKeeper(settings, registry, sink, self.gate)
+        self.stages = StageRunner(settings, sink, self.capacity, self._drain)
         self.active: dict[int, ActiveRun] = {}
         self.run_id = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self._reserved = 0
         self._lock = threading.Lock()
-        self._slots: dict[str, asyncio.Semaphore] = {}
         self._lineage: list[int] = []
-        self._host = socket.gethostname()
         self._sites_checked: set[str] = set()
         self._stop = threading.Event()
         self._pump = threading.Thread(target=self._pump_progress, name="progress-pump",
@@ -206,51 +203,7 @@ class Orchestrator:
         run.aborting = True
         run.abort_event.set()
         self.sink.message(f"Aborting run {run.id} ({run.sm.state})")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, run.raise_cancel)
-        fut = run.future
-        if fut is None or fut.done():
-            return
-        try:
-            fut.cancel()  # a stage still queued never starts
-        except NotImplementedError:  # Parsl's AppFuture: the cancel flag stops it instead
-            pass
-        grace = self.settings.abort_grace_s
-        if await self._settles(fut, grace):
-            return
-        host, pid = run.worker or ("", 0)
-        if pid and host == self._host:
-            try:
-                os.kill(pid, 9)
-                log.warning("terminated stage worker %d that ignored the abort", pid)
-            except ProcessLookupError:
-                pass
-        if not await self._settles(fut, grace + 2):
-            # a worker on another host: its watchdog ends it; stop waiting for it here
-            run.given_up = True
-
-    @staticmethod
-    async def _settles(fut: Any, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
-        except TimeoutError:
-            return bool(fut.done())
-        except BaseException:  # noqa: BLE001 - it settled (with an error): that is enough
-            return True
-        return True
-
-    async def _until(self, run: ActiveRun, aw: Awaitable[Any]) -> Any:
-        """Await ``aw`` unless the run is aborted first (then raise Cancelled)."""
-        task = asyncio.ensure_future(aw)
-        stop = asyncio.ensure_future(run.abort_event.wait())
-        try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not task.done():
-            task.cancel()
-            raise Cancelled(f"run {run.id} aborted")
-        return task.result()
+        await self.stages.stop(run)
 
     # -- one run ----------------------------------------------------------------------
     def _transition(self, run: ActiveRun, state: str, message: str) -> None:
@@ -306,8 +259,8 @@ class Orchestrator:
                 else:
                     if stage.makes_model:
                         run.params["version"] = self.registry.latest_version() + 1
-                    result = await self._compute(run, compute, stage, fns[stage.name],
-                                                 scan_path, stage_dir, workdir)
+                    result = await self.stages.run(run, compute, stage, fns[stage.name],
+                                                   scan_path, stage_dir, workdir)
                 stage_dir = None
                 results.update(result)
                 run.params.update(result)
@@ -382,7 +335,7 @@ class Orchestrator:
             if not waited:
                 self.sink.message(f"run {run.id} waits for run {first} to finish training")
                 waited = True
-            await self._until(run, asyncio.sleep(0.05))
+            await until(run, asyncio.sleep(0.05))
 
     def _leave_lineage(self, run: ActiveRun) -> None:
         with self._lock:
@@ -402,70 +355,3 @@ class Orchestrator:
         return {"path": moved.path, "scan_path": moved.path, "bytes": moved.bytes,
                 "seconds": moved.seconds, "sha256": moved.sha256, "skipped": moved.skipped,
                 "rate_mb_s": moved.rate_mb_s, "transfer_backend": transfer.name}
-
-    def _slot(self, compute: Compute) -> asyncio.Semaphore:
-        if compute.name not in self._slots:
-            self._slots[compute.name] = asyncio.Semaphore(self.capacity(compute.name))
-        return self._slots[compute.name]
-
-    async def _compute(self, run: ActiveRun, compute: Compute, stage: Stage, fn: Any,
-                       scan_path: str, stage_dir: Path, workdir: str) -> dict[str, Any]:
-        """Submit one stage and await it: a retry once if its worker died and that is safe."""
-        slot = self._slot(compute)
-        await self._until(run, slot.acquire())
-        loop = asyncio.get_running_loop()
-        params = {**run.params, "abort_grace_s": self.settings.abort_grace_s}
-        try:
-            attempt = 1
-            while True:
-                channel = run.run_dir / ".channel"
-                with run.lock:
-                    run.reporter = (file_reporter(channel, stage.name) if compute.shares_files
-                                    else None)
-                    run.tail = (ChannelTail(channel_paths(channel, stage.name)[0])
-                                if compute.shares_files else None)
-                    run.worker = None
-                run.future = await loop.run_in_executor(
-                    None, compute.submit, fn, scan_path, workdir, params, run.reporter)
-                if run.aborting:
-                    run.raise_cancel()
-                try:
-                    result = await self._await(run)
-                except Exception as exc:
-                    if run.aborting:
-                        raise Cancelled(f"{stage.name} aborted") from exc
-                    if not compute.is_worker_lost(exc):
-                        raise
-                    if attempt == 1 and stage.retry_safe:
-                        self.sink.message(f"{stage.state}: the worker running {stage.name} on "
-                                          f"{compute.name} died ({exc}); retrying once")
-                        shutil.rmtree(stage_dir, ignore_errors=True)
-                        stage_dir.mkdir(parents=True)
-                        attempt += 1
-                        continue
-                    raise RuntimeError(
-                        f"the worker running {stage.name} on {compute.name} died ({exc}); "
-                        + ("it ran once more and died again" if attempt == 2 else
-                           "not retried: this stage changes the training lineage")) from exc
-                if not result.get("resume"):
-                    return result
-                # the allocation's walltime was near: the stage saved its state; go on anew
-                self.sink.message(f"{stage.state}: {stage.name} checkpointed at epoch "
-                                  f"{result.get('epoch')} before its allocation ended; "
-                                  f"resubmitted to {compute.name} to resume")
-                params = {**params, "resume_from": result.get("resume_from")}
-        finally:
-            self._drain(run)
-            with run.lock:
-                run.tail = run.reporter = run.future = None
-            slot.release()
-
-    async def _await(self, run: ActiveRun) -> dict[str, Any]:
-        assert run.future is not None
-        wrapped = asyncio.wrap_future(run.future)
-        while True:
-            done, _ = await asyncio.wait({wrapped}, timeout=0.25)
-            if done:
-                return wrapped.result()
-            if run.given_up:
-                raise Cancelled(f"run {run.id} aborted; its worker was stopped")

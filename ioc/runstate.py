@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import threading
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptychoflow.ioc.statemachine import StateMachine
-from ptychoflow.stages import ChannelTail, Reporter
+from ptychoflow.stages import Cancelled, ChannelTail, Reporter
 
 
 class CallbackQueue:
@@ -58,3 +59,17 @@ class ActiveRun:
         rep = self.reporter
         if rep is not None and rep.cancel is not None:
             rep.cancel.set()  # type: ignore[attr-defined]
+
+
+async def until(run: ActiveRun, aw: Awaitable[Any]) -> Any:
+    """Await ``aw`` unless the run is aborted first (then raise Cancelled)."""
+    task = asyncio.ensure_future(aw)
+    stop = asyncio.ensure_future(run.abort_event.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if not task.done():
+        task.cancel()
+        raise Cancelled(f"run {run.id} aborted")
+    return task.result()

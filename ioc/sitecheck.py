@@ -95,6 +95,6 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(f"{name} site {there.get('host')}: Python {there.get('python')}, "
               f"{there.get('cpus')} CPUs, devices {', '.join(there.get('devices') or [])}")
-        for d in diffs or ["the same Python and packages as this host"]:
-            print(f"  {d}")
+        for line in [str(d) for d in diffs] or ["the same Python and packages as this host"]:
+            print(f"  {line}")
     return 1 if refusal(name, diffs) else 0

@@ -207,3 +207,20 @@ def test_site_differences_that_break_unpickling_refuse_the_back_end():
     msg = refusal("Parsl", diffs)
     assert msg is not None and "python: here" in msg and "there 0.0.9" in msg
     assert "ptychoflow remote check --backend parsl" in msg
+
+
+@pytest.mark.parametrize("provider", ["slurm", "pbspro"])
+def test_a_batch_provider_becomes_a_parsl_config_with_its_allocation(provider, tmp_path: Path):
+    from ptychoflow.ioc.compute.parsl_htex import make_config
+
+    cfg = ParslSettings.from_table({
+        "provider": provider, "account": "ptycho-ai", "partition": "gpu",
+        "walltime": "02:00:00", "workers": 4, "gpus_per_worker": 1, "max_blocks": 3,
+        "worker_init": "module load conda"})
+    (htex,) = make_config(cfg, tmp_path).executors
+    p = htex.provider
+    assert type(p).__name__ == {"slurm": "SlurmProvider", "pbspro": "PBSProProvider"}[provider]
+    assert p.walltime == "02:00:00" and p.account == "ptycho-ai" and p.max_blocks == 3
+    assert (p.partition if provider == "slurm" else p.queue) == "gpu"
+    assert "module load conda" in p.worker_init and "PTYCHOFLOW_WALLTIME_S=7200" in p.worker_init
+    assert htex.max_workers_per_node == 4 and len(htex.available_accelerators) == 4
