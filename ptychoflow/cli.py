@@ -26,7 +26,7 @@ COMMANDS: dict[str, str] = {
     "remote": "ptychoflow.remote.cli",
     "demo": "ptychoflow.demo",
     "bench": "ptychoflow.bench",
-    "flow": "ptychoflow.remote.flow_cli",
+    "flow": "ptychoflow.ioc.flow_cli",
     "login": "ptychoflow.ioc.login_cli",
 }
 
