@@ -174,3 +174,27 @@ def test_training_checkpointed_before_the_walltime_is_resubmitted_and_resumes(io
     assert ("train checkpointed at epoch 1 before its allocation ended; resubmitted to Local "
             "to resume") in ioc.log()
     assert pva.get(ioc.pv("Model:Version_RBV")) == 1
+
+
+def test_abort_stops_every_overlapping_run_and_leaves_no_partial_stage(iocs, pva):
+    ioc = iocs.start(stages={"train": "ioc_test_stages:train_slow"}, max_concurrent_stages=2)
+    pva.put(ioc.pv("Recon:Epochs"), 2)
+    pva.put(ioc.pv("Workflow:Auto"), 1)
+    time.sleep(0.5)
+    for i in range(3):
+        make_scan(ioc.data / f"s{i}.h5", seed=i)
+        time.sleep(0.05)
+    # run 1 trains, run 2 has reconstructed and waits its turn to train, scan 3 is queued
+    wait_for(lambda: "waits for run 1 to finish training" in ioc.log(), 60, "overlap", ioc)
+    wait_for(lambda: pva.get(ioc.pv("Workflow:ActiveRuns_RBV")) == 2
+             and pva.get(ioc.pv("Workflow:QueuedScans_RBV")) == 1, 10, "2 active, 1 queued", ioc)
+    pva.put(ioc.pv("Workflow:Auto"), 0)  # stop feeding new runs, then abort the active ones
+    pva.put(ioc.pv("Workflow:Abort"), 1)
+    rows = wait_for(lambda: (r := runs(ioc)) and all(s in ("Aborted", "Done", "Failed")
+                                                     for _, _, s, _ in r) and r, 30, "aborted",
+                    ioc)
+    assert [s for _, _, s, _ in rows] == ["Aborted", "Aborted"]
+    assert not (ioc.work / "runs" / "run-00001" / "train").exists()
+    assert (ioc.work / "runs" / "run-00002" / "reconstruct" / "recon.npy").is_file()
+    assert not list(ioc.work.rglob("*.part"))
+    assert pva.get(ioc.pv("Workflow:ActiveRuns_RBV")) == 0
