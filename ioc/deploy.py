@@ -82,8 +82,12 @@ class ModelKeeper:
             self.sink.message(f"{run.sm.state}: {item['message']}")
 
     async def keep(self, run: ActiveRun, result: dict[str, Any], transfer: Transfer,
-                   local: bool = True) -> str:
-        """Register the exported model, then deploy it if it beats the deployed one."""
+                   local: bool = True, edge_path: str | None = None) -> str:
+        """Register the exported model, then deploy it if it beats the deployed one.
+
+        ``edge_path``: the model is already in the edge's folder (a Globus Flow
+        moved it), under this path as the edge opens it; it is not sent again.
+        """
         model = result.get("model")
         if not isinstance(model, str) or (local and not Path(model).is_file()):
             raise RuntimeError(f"export returned no model file (got {model!r})")
@@ -106,14 +110,14 @@ class ModelKeeper:
         if isinstance(ssim, int | float):
             values["Model:Quality_RBV"] = float(ssim)
         self.sink.post(values)
-        note = await self._deploy(run, version, model, result, transfer)
+        note = await self._deploy(run, version, model, result, transfer, edge_path)
         if self.gate.record(float(ssim) if isinstance(ssim, int | float) else None):
             self.sink.post({"Model:TargetMet_RBV": 1})
             note += f"; Auto: {self.gate.note()}"
         return note
 
     async def _deploy(self, run: ActiveRun, version: int, model: str, result: dict[str, Any],
-                      transfer: Transfer) -> str:
+                      transfer: Transfer, edge_path: str | None) -> str:
         candidate = self.registry.model(version)
         assert candidate is not None
         deployed_v = self.registry.deployed_version()
@@ -123,18 +127,24 @@ class ModelKeeper:
         if not self.settings.edge_prefix:
             return f", model v{version}"
         loop = asyncio.get_running_loop()
+        if edge_path is None:
+            edge_path = await self._to_edge(run, model, result, transfer)
+        await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix, edge_path)
+        self.registry.mark_deployed(version, why)
+        self.sink.post({"Model:Deployed_RBV": version})
+        return f", model v{version} deployed ({why})"
+
+    async def _to_edge(self, run: ActiveRun, model: str, result: dict[str, Any],
+                       transfer: Transfer) -> str:
+        """Send the model and its card to the edge; the model's path as the edge opens it."""
         files = [model] + ([str(result["card"])] if result.get("card") else [])
         if self.settings.int8_models and result.get("int8_model"):
             files.append(str(result["int8_model"]))
         run.reporter = Reporter("export", CallbackQueue(lambda i: self._progress(run, i)),
                                 threading.Event())
         try:
-            moved = await loop.run_in_executor(None, transfer.model_to_edge, files,
-                                               run.reporter)
+            moved = await asyncio.get_running_loop().run_in_executor(
+                None, transfer.model_to_edge, files, run.reporter)
         finally:
             run.reporter = None
-        await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
-                                   moved[0].path)
-        self.registry.mark_deployed(version, why)
-        self.sink.post({"Model:Deployed_RBV": version})
-        return f", model v{version} deployed ({why})"
+        return moved[0].path

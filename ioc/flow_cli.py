@@ -15,13 +15,12 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from ptychoflow.config import ConfigError, load_file, resolve
 
 HELP = "the workflow as a Globus Flow: export its definition, or deploy it and run a scan"
-ENDED = ("SUCCEEDED", "FAILED", "ENDED")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +62,7 @@ def run_scan(args: argparse.Namespace, out: Callable[[str], None] = print) -> in
 
     from ptychoflow.ioc.compute.base import table_of
     from ptychoflow.ioc.compute.globus import FUNCTION_CACHE, GlobusComputeSettings, register_once
+    from ptychoflow.ioc.flowrun import deploy, run_input
     from ptychoflow.ioc.globus_auth import (
         auth_from,
         compute_app,
@@ -88,7 +88,9 @@ def run_scan(args: argparse.Namespace, out: Callable[[str], None] = print) -> in
     if missing:
         raise ConfigError(f"flow run needs {', '.join(missing)} in [transfer.globus] / "
                           "[compute.globus_compute]")
-    body = run_input(args, ioc, tcfg)
+    scan = Path(args.scan).resolve()
+    body = run_input(scan, f"flow-{time.strftime('%Y%m%d-%H%M%S')}-{scan.stem}", ioc, tcfg,
+                     args.label)
     auth = auth_from([t_table, c_table])
     interactive = sys.stdin.isatty()
     with credentials_needed("Globus Compute (flow function)"):
@@ -106,64 +108,10 @@ def run_scan(args: argparse.Namespace, out: Callable[[str], None] = print) -> in
         return 0 if follow(fc, str(started["run_id"]), args.poll_s, out) == "SUCCEEDED" else 1
 
 
-def run_input(args: argparse.Namespace, ioc: Any, tcfg: Any) -> dict[str, Any]:
-    """The run's input document (see :func:`~ptychoflow.remote.flow.input_schema`)."""
-    scan = Path(args.scan).resolve()
-    if not scan.is_file() or scan.name.endswith(".part"):
-        raise ConfigError(f"{scan} is not a complete scan file")
-    try:
-        rel = scan.relative_to(ioc.data_path)
-    except ValueError:
-        raise ConfigError(f"scan {scan} is outside the data root {ioc.data_path}; set "
-                          "data_root in [ioc]") from None
-    name = f"flow-{time.strftime('%Y%m%d-%H%M%S')}-{scan.stem}"
-    run_dir = PurePosixPath("runs", name)
-    local = PurePosixPath(tcfg.compute_local_path)
-    stages = ioc.stages
-    return {
-        "label": (args.label or f"ptychoflow {scan.name}")[:128],
-        "source_collection": tcfg.source_collection,
-        "compute_collection": tcfg.compute_collection,
-        "edge_collection": tcfg.edge_collection,
-        "scan_source_path": str(PurePosixPath(tcfg.source_path, *rel.parts)),
-        "scan_compute_path": str(PurePosixPath(tcfg.compute_path) / run_dir / "transfer" /
-                                 scan.name),
-        "scan_path": str(local / run_dir / "transfer" / scan.name),
-        "workdir": str(local / run_dir),
-        "params": {"path": str(local / run_dir / "transfer" / scan.name),
-                   "model_dir": str(local / "models"), "train_dir": str(local / "training")},
-        "stages": {"reconstruct": [stages["reconstruct"]],
-                   "train_export": [stages["train"], stages["export"]]},
-        "paths": {"compute_path": tcfg.compute_path, "compute_local_path": str(local),
-                  "edge_path": tcfg.edge_path},
-    }
-
-
-def deploy(fc: Any, work: Path, out: Callable[[str], None]) -> str:
-    """Update the flow deployed from ``work`` before, or create it; its id."""
-    from globus_sdk import GlobusAPIError
-
-    from ptychoflow.remote.flow import TITLE, definition, input_schema, save_flow_id, saved_flow_id
-
-    doc = {"title": TITLE, "definition": definition(), "input_schema": input_schema()}
-    flow_id = saved_flow_id(work)
-    if flow_id:
-        try:
-            fc.update_flow(flow_id, **doc)
-            out(f"flow {flow_id} updated")
-            return flow_id
-        except GlobusAPIError as exc:
-            if exc.http_status != 404:
-                raise
-            out(f"flow {flow_id} is gone; creating a new one")
-    flow_id = str(fc.create_flow(keywords=["ptychoflow"], **doc)["id"])
-    save_flow_id(work, flow_id)
-    out(f"flow {flow_id} created")
-    return flow_id
-
-
 def follow(fc: Any, run_id: str, poll_s: float, out: Callable[[str], None]) -> str:
     """Print each change of the run's state until it ends; the final status."""
+    from ptychoflow.ioc.flowrun import CONSENT_HINT, ENDED, failure_detail
+
     last = ""
     while True:
         doc = fc.get_run(run_id)
@@ -173,22 +121,10 @@ def follow(fc: Any, run_id: str, poll_s: float, out: Callable[[str], None]) -> s
         if line != last:
             out(f"run {run_id}: {line}")
             if status == "INACTIVE":
-                out(f"run {run_id} waits: {_detail(doc)} (a consent may be missing: run "
-                    "`ptychoflow login` and resume it in the Globus web app)")
+                out(f"run {run_id} waits: {failure_detail(doc)} ({CONSENT_HINT})")
             last = line
         if status in ENDED:
             if status != "SUCCEEDED":
-                out(f"run {run_id} {status}: {_detail(doc)}")
+                out(f"run {run_id} {status}: {failure_detail(doc)}")
             return status
         time.sleep(poll_s)
-
-
-def _detail(doc: Any) -> str:
-    details = doc.get("details") or {}
-    inner = details.get("details") if isinstance(details, dict) else None
-    if isinstance(inner, dict):
-        cause = inner.get("cause") or inner.get("error") or inner.get("description")
-        if cause:
-            return str(cause)
-    code = details.get("code") if isinstance(details, dict) else None
-    return str(code or details or "no details")

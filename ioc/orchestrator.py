@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from ptychoflow.ioc.compute import BackendNotConfigured, Compute
 from ptychoflow.ioc.deploy import ModelKeeper
+from ptychoflow.ioc.flowrun import FlowRunner
 from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue, until
@@ -79,13 +80,14 @@ class Orchestrator:
 
     def __init__(self, settings: IocSettings, registry: Registry, sink: Sink,
                  computes: Mapping[str, Compute], transfers: Mapping[str, Transfer],
-                 gate: QualityGate | None = None) -> None:
+                 gate: QualityGate | None = None, flows: FlowRunner | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.sink = sink
         self.computes = computes
         self.transfers = transfers
         self.gate = gate or QualityGate()
+        self.flows = flows
         self.keeper = ModelKeeper(settings, registry, sink, self.gate)
         self.stages = StageRunner(settings, sink, self.capacity, self._drain)
         self.active: dict[int, ActiveRun] = {}
@@ -213,6 +215,12 @@ class Orchestrator:
             self.sink.post({"Workflow:State_RBV": run.sm.index()})
         self.sink.message(message)
 
+    def _enter(self, run: ActiveRun, state: str, message: str) -> None:
+        """A stage's state: the state first (that is what clients wait for), then the figures."""
+        self._transition(run, state, message)
+        self.sink.post(RESET_ON_START if state == STAGES[0].state
+                       else {"Workflow:Progress_RBV": 0.0})
+
     def _counts(self) -> None:
         with self._lock:
             n = len(self.active)
@@ -235,6 +243,10 @@ class Orchestrator:
         note = ""
         try:
             compute, transfer = await self._select(run.params)
+            if getattr(compute, "via_flows", False):  # Globus Flows runs every stage
+                note = await self._flow(run, transfer)
+                self._transition(run, DONE, f"Done: run {run.id}{note}")
+                return
             site = PurePosixPath(transfer.compute_work)
             if not compute.shares_files:  # stages see the compute site's copy of the work folder
                 run.params.update(model_dir=str(site / "models"), train_dir=str(site / "training"))
@@ -246,10 +258,7 @@ class Orchestrator:
                 if stage.lineage:
                     await self._lineage_turn(run)
                 run.stage = stage.name
-                self._transition(run, stage.state, f"{stage.state}: run {run.id}, {scan.name}")
-                # the state first (that is what clients wait for), then the figures
-                self.sink.post(RESET_ON_START if stage is STAGES[0]
-                               else {"Workflow:Progress_RBV": 0.0})
+                self._enter(run, stage.state, f"{stage.state}: run {run.id}, {scan.name}")
                 stage_dir = run.run_dir / stage.name
                 stage_dir.mkdir(parents=True, exist_ok=True)
                 workdir = (str(stage_dir) if compute.shares_files
@@ -323,6 +332,20 @@ class Orchestrator:
                 raise BackendNotConfigured(problem)
             self._sites_checked.add(compute.name)
         return compute, transfer
+
+    async def _flow(self, run: ActiveRun, transfer: Transfer) -> str:
+        """The whole run as one Globus Flow run, in turn (one lineage); the Done note."""
+        if self.flows is None:
+            raise BackendNotConfigured("via_flows = true, but this orchestrator has no "
+                                       "FlowRunner: pass flows=FlowRunner(settings, tables)")
+        await self._lineage_turn(run)
+        run.params["version"] = self.registry.latest_version() + 1
+        results = await self.flows.run(run, lambda state, msg: self._enter(run, state, msg),
+                                       self.sink.message)
+        self.registry.set_results(run.id, results)
+        self.sink.post(progress_values({**results, "stage": "train", "fraction": 1.0}))
+        return await self.keeper.keep(run, results, transfer, local=False,
+                                      edge_path=results.get("edge_model"))
 
     async def _lineage_turn(self, run: ActiveRun) -> None:
         """Wait until every earlier run has trained and exported (or ended)."""

@@ -19,6 +19,7 @@ from ptychoflow.ioc import access
 from ptychoflow.ioc.autosave import Autosave
 from ptychoflow.ioc.compute import COMPUTES, Compute, table_of
 from ptychoflow.ioc.deploy import deploy_to_edge
+from ptychoflow.ioc.flowrun import FlowRunner
 from ptychoflow.ioc.orchestrator import Orchestrator
 from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
@@ -71,8 +72,9 @@ class ControlIoc:
         self._configured = [name for name in COMPUTES
                             if name == "Local" or table_of(tables, "compute", SECTIONS[name])]
         self.gate = QualityGate(0.0, settings.quality_runs)
+        self.flows = FlowRunner(settings, tables)  # runs of a back end with via_flows = true
         self.orch = Orchestrator(settings, self.registry, self, self.computes, self.transfers,
-                                 self.gate)
+                                 self.gate, self.flows)
         self._auto_on = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._auto_task: concurrent.futures.Future[None] | None = None
@@ -309,6 +311,7 @@ class ControlIoc:
             except Exception:
                 log.exception("clean shutdown failed")
         self.orch.close()
+        self.flows.close()
         for backend in [*self.computes.values(), *self.transfers.values()]:
             try:
                 backend.shutdown() if hasattr(backend, "shutdown") else backend.close()

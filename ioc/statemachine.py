@@ -1,7 +1,8 @@
 """The workflow's states and the transitions between them.
 
 Idle → Transferring → Reconstructing → Training → Deploying → Done, and from any
-active state to Failed or Aborted. A new run may start from any final state.
+active state to Failed or Aborted. A new run may start from any final state; a run
+aborted while it waits for its turn, before its first stage, goes from Idle to Aborted.
 Kept free of EPICS so the rules are unit-tested on their own.
 """
 
@@ -33,7 +34,7 @@ def allowed(current: str, new: str) -> bool:
     """Whether the workflow may go from ``current`` to ``new``."""
     order = [s for s, _ in PIPELINE]
     if current in FINAL:
-        return new == order[0] or new == FAILED
+        return new == order[0] or new == FAILED or (current == IDLE and new == ABORTED)
     if new in (FAILED, ABORTED):
         return True
     i = order.index(current)

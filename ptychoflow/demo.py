@@ -41,6 +41,9 @@ class DemoSettings:
     timeout: float = setting(1800.0, "give up after this many seconds per run")
     int8: bool = setting(False, "each export also writes an int8 copy and the edge serves it "
                                 "(the IOC's int8_models, the edge's --int8)")
+    compute: str = setting("Local", "where the IOC runs the stages: Local worker processes, "
+                                    "or Parsl (a HighThroughputExecutor on this host, as on a "
+                                    "cluster)", choices=["Local", "Parsl"])
 
     def __post_init__(self) -> None:
         if self.scans < 1:
@@ -199,7 +202,9 @@ class Demo:
         cfg.write_text(
             f'[ioc]\nprefix = "{self.p}"\ndata_root = "{self.scans_dir}"\n'
             f'work_root = "{self.work}"\nedge_prefix = "{self.p}"\n'
-            f'int8_models = {"true" if self.s.int8 else "false"}\n')
+            f'int8_models = {"true" if self.s.int8 else "false"}\n'
+            + ('[compute.parsl]\nprovider = "local"\nworkers = 2\n'
+               if self.s.compute == "Parsl" else ""))
         self.procs.start("ioc", ["--config", str(cfg), "ioc"])
         self.wait_pv("ioc", "Workflow:State_RBV", timeout=120)
         self.say(f"IOC up: {self.p}Workflow:* over CA and PVA")
@@ -220,6 +225,7 @@ class Demo:
                  f"{self.p}Edge:Stitched")
         self.put("Recon:Epochs", self.s.recon_epochs)
         self.put("Train:Epochs", self.s.train_epochs)
+        self.put("Compute:Backend", self.s.compute)
         self.put("Workflow:Auto", 1)
         self.say(f"Workflow:Auto = On: every complete scan file in {self.scans_dir} starts a run")
 

@@ -50,13 +50,18 @@ class GlobusComputeSettings(AuthSettings):
 
     endpoint_id: str = setting("", "id of the Globus Compute endpoint the stages run on")
     workers: int = setting(1, "how many stages may run at once on the endpoint")
-    poll_s: float = setting(2.0, "how often the state of running tasks is read (s)")
+    poll_s: float = setting(2.0, "how often the state of running tasks (with via_flows: of "
+                                 "the flow run) is read (s)")
     max_poll_errors: int = setting(30, "reads of a task's state that may fail in a row before "
                                        "its stage is given up")
     user_endpoint_config: dict[str, Any] = setting({}, "values for a multi-user endpoint's "
                                                        "template (account, partition, ...)")
     resource_specification: dict[str, Any] = setting({}, "resources of each task (MPI "
                                                          "endpoints: num_nodes, ...)")
+    via_flows: bool = setting(False, "hand each run to Globus Flows (the loop of `ptychoflow "
+                                     "flow export`) instead of driving its stages from the IOC; "
+                                     "needs Transfer:Backend Globus with edge_collection and "
+                                     "edge_path in [transfer.globus]")
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.poll_s < 0 or self.max_poll_errors < 0:
@@ -110,6 +115,8 @@ class GlobusCompute:
         self.settings = settings
         self.cfg = None if table is None else GlobusComputeSettings.from_table(table)
         self.workers = self.cfg.workers if self.cfg is not None else 1
+        self.via_flows = bool(self.cfg is not None and self.cfg.via_flows)
+        """Runs on this back end go to :class:`~ptychoflow.ioc.flowrun.FlowRunner` whole."""
         self._client: Client | None = None
         self._function_id: str | None = None
         self._tasks: dict[str, cf.Future[dict[str, Any]]] = {}

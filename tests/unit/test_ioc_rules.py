@@ -70,6 +70,7 @@ def test_state_machine_follows_the_pipeline():
         sm.go("Training")  # no skipping stages
     sm.go("Aborted")
     assert allowed("Idle", "Failed")  # a run can fail before its first stage
+    assert allowed("Idle", "Aborted")  # ... or be aborted while it waits for its turn
     assert not allowed("Idle", "Done") and not allowed("Done", "Aborted")
 
 

@@ -60,32 +60,6 @@ def offline() -> Any:
     responses.reset()
 
 
-@pytest.fixture
-def edge(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The edge's Edge:Model:Load on isolated ports; this process's clients find it."""
-    from p4p.nt import NTScalar
-    from p4p.server import Server
-    from p4p.server.thread import SharedPV
-
-    from ptychoflow.epicsenv import isolated_env, pva_conf
-
-    env = isolated_env()
-    for k, v in env.items():
-        if k.startswith("EPICS_PVA"):
-            monkeypatch.setenv(k, v)
-    loads: list[str] = []
-    pv = SharedPV(nt=NTScalar("s"), initial="")
-
-    @pv.put
-    def _load(pv: Any, op: Any) -> None:
-        loads.append(op.value().raw.value)
-        pv.post(op.value())
-        op.done()
-
-    with Server(providers=[{"EDGE1:Edge:Model:Load": pv}], conf=pva_conf(env), useenv=False):
-        yield loads
-
-
 def compute_task(task_id: str, result: dict[str, Any]) -> None:
     RegisteredResponse(service="compute", path=f"/v2/tasks/{task_id}",
                        json={"task_id": task_id, "status": "success",
