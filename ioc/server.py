@@ -13,6 +13,7 @@ import concurrent.futures
 import logging
 import sys
 import threading
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ptychoflow.ioc import access
@@ -37,6 +38,7 @@ from ptychoflow.pvnames import (
     TRANSFER_BACKENDS,
     PVSpec,
 )
+from ptychoflow.stages import Reporter
 
 log = logging.getLogger("ptychoflow.ioc")
 
@@ -198,9 +200,16 @@ class ControlIoc:
         model = self.registry.model(int(value))
         assert model is not None
         loop = asyncio.get_running_loop()
+        # the model (and its card) go to the edge the way new models do: the transfer back end
+        transfer = self.transfers[TRANSFER_BACKENDS[self.records["Transfer:Backend"].get()]]
+        card = str(PurePosixPath(model["path"]).with_suffix(".json"))
+        shared = transfer.compute_work == str(self.work)  # the card can be looked for here
+        files = [model["path"]] + ([card] if not shared or Path(card).is_file() else [])
         try:
+            moved = await loop.run_in_executor(None, transfer.model_to_edge, files,
+                                               Reporter("export"))
             await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
-                                       model["path"])
+                                       moved[0].path)
             self.registry.mark_deployed(int(value), "Model:Deploy")
             self.post({"Model:Deployed_RBV": int(value)})
             self.message(f"Model v{value} deployed to {self.settings.edge_prefix}")
