@@ -85,3 +85,29 @@ def test_one_start_on_parsl_takes_a_scan_to_a_new_model_on_the_streaming_edge(
         collector.close()
         edge.stop()
         source.stop()
+
+
+def test_the_demo_loop_runs_through_parsl_from_the_simulator_to_the_edge(tmp_path: Path) -> None:
+    """Simulator → scan file → Auto → transfer → rPIE (pty-chi) → training → ONNX → the edge,
+    with every compute stage on a Parsl HighThroughputExecutor."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "ptychoflow.cli", "demo", "--compute", "Parsl", "--out",
+         str(tmp_path), "--scans", "1", "--frames", "120", "--recon-epochs", "8",
+         "--train-epochs", "4", "--rate", "400"],
+        capture_output=True, text=True, timeout=220, check=False, stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads(out.stdout[out.stdout.rindex("\n{"):])
+    (run,) = summary["runs"]
+    assert run["state"] == "Done" and run["model_version"] == 1
+    assert "model v1 deployed" in run["message"]
+    assert "edge now serves model v1" in out.stdout
+    assert "scan 2: saved as scan_0002.h5; edge processed 120 frames with model v1, dropped 0, " \
+           "bad 0" in out.stdout
+    db = sqlite3.connect(Path(summary["folder"]) / "work" / "registry.sqlite")
+    (params,) = db.execute("SELECT params FROM runs").fetchone()
+    db.close()
+    assert json.loads(params)["compute_backend"] == "Parsl"
