@@ -27,12 +27,16 @@ COMMANDS: dict[str, str] = {
     "demo": "ptychoflow.demo",
     "bench": "ptychoflow.bench",
     "flow": "ptychoflow.ioc.flow_cli",
+    "report": "ptychoflow.ioc.report",
+    "status": "ptychoflow.status",
+    "gui": "ptychoflow.gui",
     "login": "ptychoflow.ioc.login_cli",
 }
 
 EXTRA_FOR = {"softioc": "ioc", "ophyd": "ioc", "bluesky": "ioc", "ophyd_async": "ioc",
              "torch": "remote", "ptychi": "remote", "onnx": "remote", "parsl": "remote",
-             "globus_sdk": "remote", "globus_compute_sdk": "remote", "onnxruntime": "edge"}
+             "globus_sdk": "remote", "globus_compute_sdk": "remote", "onnxruntime": "edge",
+             "pydm": "op", "qtpy": "op", "PyQt5": "op", "rich": "ioc", "matplotlib": "ioc"}
 
 
 def common_parser(top: bool = False) -> argparse.ArgumentParser:
