@@ -28,6 +28,7 @@ from ptychoflow.ioc.deploy import ModelKeeper
 from ptychoflow.ioc.flowrun import FlowRunner
 from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
+from ptychoflow.ioc.report import ReportWriter
 from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue, until
 from ptychoflow.ioc.settings import IocSettings, load_stage
 from ptychoflow.ioc.sitecheck import check_site, refusal
@@ -80,7 +81,8 @@ class Orchestrator:
 
     def __init__(self, settings: IocSettings, registry: Registry, sink: Sink,
                  computes: Mapping[str, Compute], transfers: Mapping[str, Transfer],
-                 gate: QualityGate | None = None, flows: FlowRunner | None = None) -> None:
+                 gate: QualityGate | None = None, flows: FlowRunner | None = None,
+                 reports: ReportWriter | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.sink = sink
@@ -88,6 +90,7 @@ class Orchestrator:
         self.transfers = transfers
         self.gate = gate or QualityGate()
         self.flows = flows
+        self.reports = reports  # a report of every run that ends, written off the loop
         self.keeper = ModelKeeper(settings, registry, sink, self.gate)
         self.stages = StageRunner(settings, sink, self.capacity, self._drain)
         self.active: dict[int, ActiveRun] = {}
@@ -295,6 +298,8 @@ class Orchestrator:
             self._leave_lineage(run)
             with self._lock:
                 self.active.pop(run.id, None)
+            if self.reports is not None:
+                self.reports.submit(run.id, run.run_dir)
             self._counts()
             self.sink.finished()
 

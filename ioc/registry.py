@@ -176,6 +176,13 @@ class Registry:
         """Record that the edge was given ``version`` (automatically or by Model:Deploy)."""
         self._write("INSERT INTO deployments VALUES (?,?,?)", (version, time.time(), reason))
 
+    def deployments(self) -> list[dict[str, Any]]:
+        """Every deployment (version, time, reason), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT version, time, reason FROM deployments ORDER BY rowid").fetchall()
+        return [dict(r) for r in rows]
+
     def deployed_version(self) -> int:
         """The version the edge was given last (0 if none)."""
         with self._lock:

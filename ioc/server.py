@@ -20,10 +20,12 @@ from ptychoflow.ioc import access
 from ptychoflow.ioc.autosave import Autosave
 from ptychoflow.ioc.compute import COMPUTES, Compute, table_of
 from ptychoflow.ioc.deploy import deploy_to_edge
+from ptychoflow.ioc.edgerecorder import SAMPLES_FILE, EdgeRecorder
 from ptychoflow.ioc.flowrun import FlowRunner
 from ptychoflow.ioc.orchestrator import Orchestrator
 from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
+from ptychoflow.ioc.report import ReportWriter
 from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.statemachine import FAILED
 from ptychoflow.ioc.transfer import TRANSFERS, Transfer
@@ -75,8 +77,14 @@ class ControlIoc:
                             if name == "Local" or table_of(tables, "compute", SECTIONS[name])]
         self.gate = QualityGate(0.0, settings.quality_runs)
         self.flows = FlowRunner(settings, tables)  # runs of a back end with via_flows = true
+        # the edge's speed, sampled for the run reports (only where there is an edge)
+        self.edge_samples = (EdgeRecorder(settings.edge_prefix, self.work / SAMPLES_FILE)
+                             if settings.edge_prefix else None)
+        self.reports = ReportWriter(self.registry, self,
+                                    self.edge_samples.log if self.edge_samples else None,
+                                    self.edge_samples.flush if self.edge_samples else None)
         self.orch = Orchestrator(settings, self.registry, self, self.computes, self.transfers,
-                                 self.gate, self.flows)
+                                 self.gate, self.flows, self.reports)
         self._auto_on = False
         self.loop: asyncio.AbstractEventLoop | None = None
         self._auto_task: concurrent.futures.Future[None] | None = None
@@ -287,6 +295,11 @@ class ControlIoc:
         access.install_acf(acf)
         builder.LoadDatabase()
         softioc.iocInit(dispatcher)
+        if self.edge_samples is not None:
+            try:
+                self.edge_samples.start()
+            except Exception as exc:  # reports then lack the edge figure; the IOC serves on
+                self.message(f"Not recording the edge's speed for reports: {exc}")
         if self.records["Workflow:Auto"].get():
             self.watcher.snapshot()
         self._auto_task = asyncio.run_coroutine_threadsafe(self._auto_loop(), self.loop)
@@ -320,6 +333,9 @@ class ControlIoc:
             except Exception:
                 log.exception("clean shutdown failed")
         self.orch.close()
+        self.reports.close()
+        if self.edge_samples is not None:
+            self.edge_samples.close()
         self.flows.close()
         for backend in [*self.computes.values(), *self.transfers.values()]:
             try:

@@ -292,6 +292,12 @@ class Demo:
                    "quality_ssim": round(float(self.get("Model:Quality_RBV")), 3)}
         self.say(f"run {run_id}: {summary['message']} (SSIM of the network against rPIE "
                  f"{summary['quality_ssim']}, best validation loss {summary['best_val_loss']})")
+        # the IOC writes the run's report just after the run ends
+        while (state == "Done" and f"run-{run_id:05d}" not in self.get("Workflow:Report_RBV")
+               and time.monotonic() < end):
+            time.sleep(0.2)
+        summary["report"] = self.get("Workflow:Report_RBV")
+        self.say(f"run {run_id}: report {summary['report'] or '(none)'}")
         if state != "Done":
             raise RuntimeError(f"run {run_id} ended {state}: {summary['message']}")
         return summary

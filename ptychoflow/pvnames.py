@@ -64,6 +64,8 @@ CONTROL: tuple[PVSpec, ...] = (
            low=0, high=100, prec=1),
     PVSpec("Workflow:Message_RBV", "lsi", "R", "Last status or error", initial="",
            length=MESSAGE_LENGTH),
+    PVSpec("Workflow:Report_RBV", "lsi", "R", "Report of the last run (index.html)", initial="",
+           length=PATH_LENGTH),
     PVSpec("Workflow:RunId_RBV", "longin", "R", "Current or last run id"),
     PVSpec("Workflow:ActiveRuns_RBV", "longin", "R", "Runs in progress (overlap in Auto)"),
     PVSpec("Workflow:QueuedScans_RBV", "longin", "R", "Scans waiting for a run (Auto)"),

@@ -107,6 +107,7 @@ WORKFLOW = Screen(
             Row("Workflow:RunId_RBV", "readback", "Run id"),
             Row("Workflow:ActiveRuns_RBV", "readback", "Active runs"),
             Row("Workflow:QueuedScans_RBV", "readback", "Queued scans"),
+            Row("Workflow:Report_RBV", "text", "Report"),
         ), column=1),
         Section("Stages", (
             Row("Transfer:Rate_RBV", "readback", "Transfer rate"),

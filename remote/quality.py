@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from ptychoflow.edge.stitch import Stitcher
 from ptychoflow.remote.pairs import ObjectGrid
+from ptychoflow.remote.phasemap import PhaseMap
 from ptychoflow.scanfile import Scan
 
 
@@ -163,7 +164,13 @@ def map_quality(phases: np.ndarray, positions_m: np.ndarray, pixel_m: float,
     ``<name>_ssim`` etc. for the others (e.g. ``truth_ssim``).
     """
     st = stitch_phase(phases, positions_m, pixel_m, sigma_fraction=sigma_fraction)
-    mask0 = coverage_mask(st, phases.shape[-1])
+    return stitched_quality(st, phases.shape[-1], references, sigma_fraction)
+
+
+def stitched_quality(st: Stitcher, patch: int, references: dict[str, ObjectGrid],
+                     sigma_fraction: float | None = None) -> dict[str, Any]:
+    """:func:`map_quality` of a map already stitched from ``patch``-sized predictions."""
+    mask0 = coverage_mask(st, patch)
     est = st.image().astype(np.float64)
     out: dict[str, Any] = {"map_shape": list(est.shape), "covered_pixels": int(mask0.sum()),
                            "stitch_window_sigma": sigma_fraction}
@@ -174,6 +181,12 @@ def map_quality(phases: np.ndarray, positions_m: np.ndarray, pixel_m: float,
         prefix = "" if i == 0 else f"{name}_"
         out.update({f"{prefix}{k}": v for k, v in m.items()})
     return out
+
+
+def phase_map(st: Stitcher) -> PhaseMap:
+    """The stitched map as a :class:`PhaseMap` (NaN where no prediction landed)."""
+    img = np.where(st.covered(), st.image(), np.nan).astype(np.float32)
+    return PhaseMap(img, st.pixel, st.origin_m)
 
 
 def object_quality(estimate: ObjectGrid, truth: ObjectGrid, positions_m: np.ndarray,
@@ -203,6 +216,13 @@ def object_quality(estimate: ObjectGrid, truth: ObjectGrid, positions_m: np.ndar
 def scan_quality(phases: np.ndarray, scan: Scan, pixel_m: float,
                  reconstruction: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """:func:`map_quality` against the scan's reconstruction file and its truth (if any)."""
+    return scan_quality_and_map(phases, scan, pixel_m, reconstruction)[0]
+
+
+def scan_quality_and_map(phases: np.ndarray, scan: Scan, pixel_m: float,
+                         reconstruction: str | os.PathLike[str] | None = None) -> \
+        tuple[dict[str, Any], PhaseMap]:
+    """:func:`scan_quality` and the stitched map it measured (for the run report)."""
     from ptychoflow.remote.recon import read_reconstruction
 
     refs: dict[str, ObjectGrid] = {}
@@ -212,8 +232,9 @@ def scan_quality(phases: np.ndarray, scan: Scan, pixel_m: float,
     if scan.truth is not None:
         refs["truth"] = ObjectGrid.centred(
             scan.truth, scan.truth_pixel_size_m or scan.object_pixel_size_m)
+    st = stitch_phase(phases, scan.positions, pixel_m)
     if not refs:
-        return {"note": "no reconstruction or truth to compare with"}
-    q = map_quality(phases, scan.positions, pixel_m, refs)
+        return {"note": "no reconstruction or truth to compare with"}, phase_map(st)
+    q = stitched_quality(st, phases.shape[-1], refs)
     q["reference"] = next(iter(refs))
-    return q
+    return q, phase_map(st)

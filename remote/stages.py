@@ -19,6 +19,8 @@ from ptychoflow.scanfile import Scan, read_scan
 from ptychoflow.stages import Reporter
 
 Params = dict[str, Any]
+NETWORK_PHASE = "network-phase.npy"
+"""The export stage's stitched phase map of the scan (plus ``.json`` geometry)."""
 
 
 class StageError(RuntimeError):
@@ -150,7 +152,7 @@ def export(scan_path: str, workdir: str, params: Params,
     scan = _read(path)
     if progress is not None:
         progress(0.1, message="measuring quality")
-    quality, x = evaluate_scan(ckpt, scan, params.get("reconstruction"))
+    quality, x, stitched = evaluate_scan(ckpt, scan, params.get("reconstruction"))
     if progress is not None:
         progress(0.5, message="exporting ONNX")
     version = params.get("version")
@@ -171,6 +173,8 @@ def export(scan_path: str, workdir: str, params: Params,
     if progress is not None:
         progress(1.0, message=f"model v{result['version']} exported")
     result["quality"] = quality
+    # the map the quality was measured on, for the run report (never stitched twice)
+    result["network_phase"] = str(stitched.save(Path(workdir) / NETWORK_PHASE))
     return result
 
 
@@ -190,14 +194,19 @@ def _parity_frames(params: Params, workdir: str, x: Any) -> Any:
 
 
 def evaluate_scan(ckpt: Any, scan: Scan, reconstruction: str | None = None) -> \
-        tuple[dict[str, Any], Any]:
-    """Quality of a checkpoint's stitched phase on ``scan`` vs the reconstruction and truth."""
+        tuple[dict[str, Any], Any, Any]:
+    """Quality of a checkpoint's stitched phase on ``scan`` vs the reconstruction and truth.
+
+    Returns the figures, the network's inputs and the stitched map (a
+    :class:`~ptychoflow.remote.phasemap.PhaseMap`).
+    """
     from ptychoflow.preprocess import Preprocess
-    from ptychoflow.remote.quality import scan_quality
+    from ptychoflow.remote.quality import scan_quality_and_map
     from ptychoflow.remote.train import predict
 
     pre = Preprocess.from_dict(ckpt.meta["preprocess"])
     x = pre(scan.data)
     phases = predict(ckpt.model(), x)[:, 0]
-    return scan_quality(phases, scan, float(ckpt.meta["output_pixel_size_m"]),
-                        reconstruction), x
+    quality, stitched = scan_quality_and_map(phases, scan, float(ckpt.meta["output_pixel_size_m"]),
+                                             reconstruction)
+    return quality, x, stitched

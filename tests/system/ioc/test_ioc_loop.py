@@ -104,6 +104,11 @@ def test_the_demo_loop_runs_through_parsl_from_the_simulator_to_the_edge(tmp_pat
     (run,) = summary["runs"]
     assert run["state"] == "Done" and run["model_version"] == 1
     assert "model v1 deployed" in run["message"]
+    # the run's report (an edge figure is not required: the IOC may reach the edge's PVs only
+    # after this first, short scan)
+    report = Path(run["report"])
+    assert report.name == "index.html"
+    assert {"phase.png", "training.png", "rpie.png"} <= {p.name for p in report.parent.iterdir()}
     assert "edge now serves model v1" in out.stdout
     assert "scan 2: saved as scan_0002.h5; edge processed 120 frames with model v1, dropped 0, " \
            "bad 0" in out.stdout
