@@ -299,8 +299,24 @@ def test_screenshot_of_the_report(run_folder: dict[str, Any], tmp_path: Path) ->
     run_dir = run_folder["work"] / "runs" / f"run-{run_folder['ids'][1]:05d}"
     index = report.build_report(run_dir, run_folder["registry"],
                                 SampleLog(run_folder["work"] / SAMPLES_FILE))
+    flags = [str(chromium), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}"]
     shot = tmp_path / "report.png"
-    subprocess.run([str(chromium), "--headless", "--no-sandbox", "--disable-gpu",
-                    f"--screenshot={shot}", "--window-size=1400,2400", index.as_uri()],
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,2400", index.as_uri()],
                    check=True, timeout=60, capture_output=True)
     assert shot.is_file() and _png_variance(shot) > 0
+    # the browser itself says how many of the page's images failed to load
+    probe = tmp_path / "probe.html"
+    probe.write_text(
+        f'<iframe id="r" src="{index.as_uri()}" width="1400" height="2400"></iframe><script>'
+        'document.getElementById("r").onload = () => {'
+        ' const imgs = [...document.getElementById("r").contentDocument.images];'
+        ' document.body.dataset.result = imgs.length + " images, " +'
+        ' imgs.filter(i => !i.complete || i.naturalWidth === 0).length + " broken"; };'
+        '</script>')
+    dom = subprocess.run([*flags, "--allow-file-access-from-files",
+                          "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()],
+                         check=True, timeout=60, capture_output=True, text=True).stdout
+    figures = len(list(index.parent.glob("*.png")))
+    assert f'data-result="{figures} images, 0 broken"' in dom, dom[-500:]
