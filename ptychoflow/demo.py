@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -41,6 +42,10 @@ class DemoSettings:
     timeout: float = setting(1800.0, "give up after this many seconds per run")
     int8: bool = setting(False, "each export also writes an int8 copy and the edge serves it "
                                 "(the IOC's int8_models, the edge's --int8)")
+    keep_running: bool = setting(False, "after the loop, leave simulator, IOC and edge running "
+                                        "(Ctrl-C stops them) and print how to open the screens")
+    json: bool = setting(False, "print the summary as one JSON object on one line, the last "
+                                "line of stdout")
     compute: str = setting("Local", "where the IOC runs the stages: Local worker processes, "
                                     "or Parsl (a HighThroughputExecutor on this host, as on a "
                                     "cluster)", choices=["Local", "Parsl"])
@@ -341,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 only if every run ended Done and the edge served the models."""
     s = resolve(DemoSettings, "demo", args)
     demo = Demo(s)
-    exports = " ".join(f"{k}={v}" for k, v in sorted(demo.env.items())
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(demo.env.items())
                        if k.startswith("EPICS_") and k != "EPICS_PVA_SERVER_PORT")
     print(f"ptychoflow demo: everything under {demo.root}\n"
           f"  EPICS on loopback only; to watch with your own clients:\n  export {exports}",
@@ -359,6 +364,13 @@ def run(args: argparse.Namespace) -> int:
         png = demo.save_stitched()
         if png:
             demo.say(f"stitched phase map of the last scan: {png}")
+        result = {"runs": runs, "folder": str(demo.root),
+                  "elapsed_s": round(time.monotonic() - demo.t0, 1),
+                  "report": runs[-1].get("report", "") if runs else ""}
+        if not s.json:
+            print(json.dumps(result, indent=2), flush=True)
+        if s.keep_running:
+            keep_running(demo, exports)
     except (RuntimeError, KeyboardInterrupt) as exc:
         print(f"ptychoflow demo: stopped: {exc}", file=sys.stderr)
         return 1
@@ -366,5 +378,29 @@ def run(args: argparse.Namespace) -> int:
         if demo.ctx is not None:
             demo.ctx.close()
         demo.procs.stop_all()
-    print(json.dumps({"runs": runs, "folder": str(demo.root)}, indent=2))
+    if s.json:
+        print(json.dumps(result, separators=(",", ":")), flush=True)
     return 0
+
+
+def keep_running(demo: Demo, exports: str) -> None:
+    """Leave the services up until Ctrl-C or SIGTERM; say how to watch them."""
+    import signal
+    import threading
+
+    p = demo.p
+    demo.say("simulator, IOC and edge keep running; in another terminal:\n"
+             f"  export {exports}\n"
+             f"  ptychoflow gui --prefix {p}        # the PyDM screens (workflow and edge)\n"
+             f"  ptychoflow status --prefix {p}     # the same in the terminal\n"
+             f"  pvput {p}cam1:Acquire 1            # acquire another scan (Auto runs it)\n"
+             "Ctrl-C stops the demo")
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

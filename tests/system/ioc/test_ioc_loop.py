@@ -97,10 +97,11 @@ def test_the_demo_loop_runs_through_parsl_from_the_simulator_to_the_edge(tmp_pat
     out = subprocess.run(
         [sys.executable, "-m", "ptychoflow.cli", "demo", "--compute", "Parsl", "--out",
          str(tmp_path), "--scans", "1", "--frames", "120", "--recon-epochs", "8",
-         "--train-epochs", "4", "--rate", "400"],
+         "--train-epochs", "4", "--rate", "400", "--json"],
         capture_output=True, text=True, timeout=220, check=False, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    summary = json.loads(out.stdout[out.stdout.rindex("\n{"):])
+    summary = json.loads(out.stdout.splitlines()[-1])  # --json: one object, the last line
+    assert summary["elapsed_s"] > 0 and summary["report"] == summary["runs"][-1]["report"]
     (run,) = summary["runs"]
     assert run["state"] == "Done" and run["model_version"] == 1
     assert "model v1 deployed" in run["message"]
