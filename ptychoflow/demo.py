@@ -203,6 +203,13 @@ class Demo:
         self.wait_pv("sim", "cam1:Acquire", timeout=120)
         self.say(f"detector simulator up: {self.p}Pva1:Image, {self.s.frames} frames of "
                  f"{self.s.size}x{self.s.size} at {self.s.rate:g} Hz per scan")
+        # the edge first: the IOC records its rates for the run reports from its start on
+        models = self.work / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        self.procs.start("edge", ["edge", "--prefix", self.p, "--input", self.p + "Pva1:Image",
+                                  "--model-dir", str(models)]
+                         + (["--int8"] if self.s.int8 else []))
+        self.wait_pv("edge", "Edge:Processed_RBV", timeout=120)
         cfg = self.root / "ptychoflow.toml"
         cfg.write_text(
             f'[ioc]\nprefix = "{self.p}"\ndata_root = "{self.scans_dir}"\n'
@@ -213,12 +220,6 @@ class Demo:
         self.procs.start("ioc", ["--config", str(cfg), "ioc"])
         self.wait_pv("ioc", "Workflow:State_RBV", timeout=120)
         self.say(f"IOC up: {self.p}Workflow:* over CA and PVA")
-        models = self.work / "models"
-        models.mkdir(parents=True, exist_ok=True)
-        self.procs.start("edge", ["edge", "--prefix", self.p, "--input", self.p + "Pva1:Image",
-                                  "--model-dir", str(models)]
-                         + (["--int8"] if self.s.int8 else []))
-        self.wait_pv("edge", "Edge:Processed_RBV", timeout=120)
         self.ctx = Context("pva", conf=pva_conf(self.env), useenv=False)
         end = time.monotonic() + 60
         while not str(self.get("Edge:Message_RBV")).startswith("connected"):
