@@ -46,7 +46,7 @@ def screen_folder(op_dir: str = "") -> Path:
         return Path(op_dir)
     if all((REPO_OP / f"{stem}.ui").is_file() for stem in SCREENS.values()):
         return REPO_OP
-    from ptychoflow.screens import write
+    from ptychoflow.screens.files import write
 
     folder = Path(tempfile.mkdtemp(prefix="ptychoflow-op-"))
     write(folder)

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from ptychoflow.phoebus import bob_text
 from ptychoflow.pvnames import CONTROL, EDGE, by_suffix
-from ptychoflow.pydmui import CUSTOM, ui_text
-from ptychoflow.screens import SCREENS, WORKFLOW, Row, Section, generated, split_pv
+from ptychoflow.screens import SCREENS, WORKFLOW, Row, Section, split_pv
+from ptychoflow.screens.files import generated
+from ptychoflow.screens.phoebus import bob_text
+from ptychoflow.screens.pydmui import CUSTOM, ui_text
 
 OP = Path(__file__).resolve().parents[2] / "op"
 PREFIX = "TST1:"

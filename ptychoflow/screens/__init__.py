@@ -3,7 +3,7 @@
 A screen is described once, here, as sections of rows; each row names a PV by
 its suffix in :data:`ptychoflow.pvnames.CONTROL` or :data:`~ptychoflow.pvnames.EDGE`
 and says how to show it (a readback, an entry, a combo box...). The Phoebus
-writer (:mod:`ptychoflow.phoebus`) and the PyDM writer (:mod:`ptychoflow.pydmui`)
+writer (:mod:`ptychoflow.screens.phoebus`) and the PyDM writer (:mod:`ptychoflow.screens.pydmui`)
 turn the same description into their own XML, so both screens carry the same
 PVs, the same descriptions (tooltips) and units, and a PV renamed in
 ``pvnames`` either renames the widget or fails the generation.
@@ -18,9 +18,7 @@ over pvAccess (``pva://``).
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from ptychoflow.pvnames import CONTROL, EDGE, PVSpec, by_suffix
@@ -176,18 +174,6 @@ def is_string(spec: PVSpec) -> bool:
     return spec.record in ("lso", "lsi", "NTScalar:s")
 
 
-def generated() -> dict[str, str]:
-    """File name -> text of every screen file in ``op/``."""
-    from ptychoflow.phoebus import bob_text
-    from ptychoflow.pydmui import ui_text
-
-    files: dict[str, str] = {}
-    for screen in SCREENS:
-        files[screen.stem + ".bob"] = bob_text(screen)
-        files[screen.stem + ".ui"] = ui_text(screen)
-    return files
-
-
 MACRO_PV = re.compile(r"^(?:(ca|pva)://)?(?:\$\(P\)|\$\{P\})(.+)$")
 
 
@@ -197,26 +183,3 @@ def split_pv(name: str) -> tuple[str, str]:
     if not m:
         raise ValueError(f"{name!r} does not start with the $(P) or ${{P}} prefix macro")
     return m.group(1) or "ca", m.group(2)
-
-
-def write(folder: Path) -> list[Path]:
-    """(Re)write every screen file into ``folder``; returns the files written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for name, text in generated().items():
-        path = folder / name
-        path.write_text(text)
-        out.append(path)
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ptychoflow.screens [FOLDER]``: rewrite the screens (default ``op``)."""
-    args = sys.argv[1:] if argv is None else argv
-    for path in write(Path(args[0] if args else "op")):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
