@@ -47,8 +47,6 @@ log = logging.getLogger("ptychoflow.ioc")
 MOMENTARY = frozenset({"Workflow:Start", "Workflow:Abort", "Model:Deploy"})
 # Auto put again while on reopens the quality gate, so every put of it is processed
 ALWAYS_UPDATE = MOMENTARY | {"Workflow:Auto"}
-SECTIONS = {"Local": "local", "Parsl": "parsl", "GlobusCompute": "globus_compute",
-            "Globus": "globus"}
 
 
 class ControlIoc:
@@ -68,13 +66,13 @@ class ControlIoc:
         tables = tables or {}
         # one instance of every back end; each run picks one of each by its PVs
         self.computes: dict[str, Compute] = {
-            name: cls(settings, table_of(tables, "compute", SECTIONS[name]))
+            name: cls(settings, table_of(tables, *cls.section.split(".")))
             for name, cls in COMPUTES.items()}
         self.transfers: dict[str, Transfer] = {
-            name: cls(settings, table_of(tables, "transfer", SECTIONS[name]))
+            name: cls(settings, table_of(tables, *cls.section.split(".")))
             for name, cls in TRANSFERS.items()}
-        self._configured = [name for name in COMPUTES
-                            if name == "Local" or table_of(tables, "compute", SECTIONS[name])]
+        self._configured = [name for name, cls in COMPUTES.items()
+                            if name == "Local" or table_of(tables, *cls.section.split("."))]
         self.gate = QualityGate(0.0, settings.quality_runs)
         self.flows = FlowRunner(settings, tables)  # runs of a back end with via_flows = true
         # the edge's speed, sampled for the run reports (only where there is an edge)

@@ -79,11 +79,11 @@ def main(args: argparse.Namespace) -> int:
     from ptychoflow.ioc.compute import COMPUTES, table_of
     from ptychoflow.ioc.settings import IocSettings
 
-    name, section = {"parsl": ("Parsl", "parsl"),
-                     "globus-compute": ("GlobusCompute", "globus_compute")}[args.backend]
+    name = {"parsl": "Parsl", "globus-compute": "GlobusCompute"}[args.backend]
     tables = load_file(getattr(args, "config", None))
     settings = resolve(IocSettings, "ioc", None, tables)
-    compute = COMPUTES[name](settings, table_of(tables, "compute", section))
+    cls = COMPUTES[name]
+    compute = cls(settings, table_of(tables, *cls.section.split(".")))
     compute.check()
     compute.start()
     try:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,17 @@ class ModelCardError(ValueError):
     """A model and its card that do not belong together, or a card that cannot be read."""
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in blocks."""
+def sha256_file(path: str | os.PathLike[str],
+                check: Callable[[], None] | None = None) -> str:
+    """Hex sha256 of a file, read in blocks; ``check`` runs between blocks (it may raise,
+    e.g. a Reporter's check when a transfer is aborted).
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+            if check is not None:
+                check()
     return h.hexdigest()
 
 

@@ -28,6 +28,8 @@ class Compute(Protocol):
     """
 
     name: str
+    section: str
+    """Its TOML table, ``kind.name`` (e.g. ``compute.parsl``)."""
     workers: int
     """How many stages may run at once (``max_concurrent_stages`` defaults to it)."""
     shares_files: bool

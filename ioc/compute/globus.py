@@ -109,6 +109,7 @@ class GlobusCompute:
     """Stages as tasks of ``run_stage`` on one Globus Compute endpoint."""
 
     name = "GlobusCompute"
+    section = SECTION
     shares_files = False
 
     def __init__(self, settings: Any, table: dict[str, Any] | None) -> None:

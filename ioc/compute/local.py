@@ -22,10 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ptychoflow.config import ConfigError, setting
+from ptychoflow.config import resolve, setting
 from ptychoflow.stages import Reporter, StageFn, run_stage
 
 log = logging.getLogger(__name__)
+SECTION = "compute.local"
 
 
 def _init_worker(parent: int, threads: int) -> None:
@@ -57,19 +58,14 @@ class LocalComputeSettings:
     threads_per_worker: int = setting(0, "threads each worker's stages use (0: this host's "
                                          "cores divided among the workers)")
 
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.threads_per_worker < 0:
+            raise ValueError("workers must be at least 1 and threads_per_worker at least 0")
+
     @classmethod
     def from_table(cls, table: dict[str, Any] | None) -> LocalComputeSettings:
-        """Settings from the TOML table; unknown keys are refused by name."""
-        table = dict(table or {})
-        unknown = set(table) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)} in [compute.local]; known: "
-                              f"{sorted(cls.__dataclass_fields__)}")
-        s = cls(**table)
-        if s.workers < 1 or s.threads_per_worker < 0:
-            raise ConfigError("[compute.local] workers must be at least 1 and "
-                              "threads_per_worker at least 0")
-        return s
+        """Settings from the TOML table; unknown keys and bad values raise ConfigError."""
+        return resolve(cls, SECTION, None, {SECTION: table or {}})
 
 
 class _Slot:
@@ -84,6 +80,7 @@ class LocalCompute:
     """Stages in worker processes on this host."""
 
     name = "Local"
+    section = SECTION
     shares_files = True
 
     def __init__(self, settings: Any, table: dict[str, Any] | None) -> None:

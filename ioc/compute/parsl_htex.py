@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptychoflow.config import ConfigError, setting
+from ptychoflow.config import ConfigError, resolve, setting
 from ptychoflow.ioc.compute.base import BackendNotConfigured
 from ptychoflow.stages import Reporter, StageFn, run_stage
 
 log = logging.getLogger(__name__)
 
+SECTION = "compute.parsl"
 PROVIDERS = ("local", "slurm", "pbspro")
 WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 
@@ -58,27 +59,21 @@ class ParslSettings:
                                "local, this host's address otherwise)")
     run_dir: str = setting("", "Parsl's run folder (empty: <work_root>/parsl)")
 
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"provider {self.provider!r} is unknown; use one of "
+                             f"{', '.join(PROVIDERS)}")
+        if not WALLTIME.match(self.walltime):
+            raise ValueError(f"walltime {self.walltime!r} is not HH:MM:SS (e.g. \"01:30:00\")")
+        if self.workers < 1 or self.nodes_per_block < 1 or self.max_blocks < 1 or \
+                self.init_blocks < 0:
+            raise ValueError("workers, nodes_per_block and max_blocks must be >= 1, "
+                             "init_blocks >= 0")
+
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> ParslSettings:
         """Settings from the TOML table; every problem named with its key."""
-        unknown = set(table) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)} in [compute.parsl]; known: "
-                              f"{sorted(cls.__dataclass_fields__)}")
-        try:
-            s = cls(**table)
-        except TypeError as exc:
-            raise ConfigError(f"[compute.parsl]: {exc}") from exc
-        if s.provider not in PROVIDERS:
-            raise ConfigError(f"[compute.parsl] provider {s.provider!r} is unknown; use one "
-                              f"of {', '.join(PROVIDERS)}")
-        if not WALLTIME.match(s.walltime):
-            raise ConfigError(f"[compute.parsl] walltime {s.walltime!r} is not HH:MM:SS "
-                              "(e.g. \"01:30:00\")")
-        if s.workers < 1 or s.nodes_per_block < 1 or s.max_blocks < 1 or s.init_blocks < 0:
-            raise ConfigError("[compute.parsl] workers, nodes_per_block and max_blocks must be "
-                              ">= 1, init_blocks >= 0")
-        return s
+        return resolve(cls, SECTION, None, {SECTION: table})
 
     @property
     def walltime_s(self) -> int:
@@ -150,6 +145,7 @@ class ParslCompute:
     """A Parsl DataFlowKernel with one HighThroughputExecutor."""
 
     name = "Parsl"
+    section = SECTION
     shares_files = True
 
     def __init__(self, settings: Any, table: dict[str, Any] | None) -> None:
@@ -226,12 +222,3 @@ class ParslCompute:
                 dfk.cleanup()
             except Exception:  # shutting down: report, do not raise
                 log.exception("Parsl shutdown")
-
-
-def block_deadline() -> float | None:
-    """When this worker's block ends (epoch seconds), from what the block's start exported."""
-    try:
-        return float(os.environ["PTYCHOFLOW_BLOCK_START"]) + float(
-            os.environ["PTYCHOFLOW_WALLTIME_S"])
-    except (KeyError, ValueError):
-        return None

@@ -44,6 +44,8 @@ class Transfer(Protocol):
     """
 
     name: str
+    section: str
+    """Its TOML table, ``kind.name`` (e.g. ``compute.parsl``)."""
 
     def __init__(self, settings: Any, table: dict[str, Any] | None) -> None: ...
 

@@ -121,6 +121,7 @@ class GlobusTransfer:
     """Transfers through globus-sdk's ``TransferClient``, on the stored credentials."""
 
     name = "Globus"
+    section = SECTION
 
     def __init__(self, settings: Any, table: dict[str, Any] | None) -> None:
         self.settings = settings

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptychoflow.config import ConfigError, setting
+from ptychoflow.config import resolve, setting
 from ptychoflow.ioc.transfer.base import Moved, TransferError
+from ptychoflow.modelcard import sha256_file
 from ptychoflow.stages import Cancelled, Reporter
 
 BLOCK = 8 << 20
+SECTION = "transfer.local"
 
 
 @dataclass
@@ -35,29 +37,14 @@ class LocalTransferSettings:
     edge_model_dir: str = setting("", "the edge's model folder (empty: the edge loads models "
                                       "where export wrote them, a shared folder)")
 
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.backoff_s < 0:
+            raise ValueError("retries and backoff_s must be >= 0")
+
     @classmethod
     def from_table(cls, table: dict[str, Any] | None) -> LocalTransferSettings:
-        """Settings from the TOML table; unknown keys are refused by name."""
-        table = dict(table or {})
-        unknown = set(table) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {sorted(unknown)} in [transfer.local]; known: "
-                              f"{sorted(cls.__dataclass_fields__)}")
-        s = cls(**table)
-        if s.retries < 0 or s.backoff_s < 0:
-            raise ConfigError("[transfer.local] retries and backoff_s must be >= 0")
-        return s
-
-
-def sha256_of(path: Path, progress: Reporter | None = None) -> str:
-    """The file's sha256 (checking for an abort between blocks)."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(BLOCK):
-            h.update(block)
-            if progress is not None:
-                progress.check()
-    return h.hexdigest()
+        """Settings from the TOML table; unknown keys and bad values raise ConfigError."""
+        return resolve(cls, SECTION, None, {SECTION: table or {}})
 
 
 def copy_verified(src: Path, dest: Path, progress: Reporter, retries: int = 3,
@@ -69,8 +56,8 @@ def copy_verified(src: Path, dest: Path, progress: Reporter, retries: int = 3,
         raise TransferError(f"{src}: still being written (*.part); wait until it is renamed")
     size = src.stat().st_size
     t0 = time.perf_counter()
-    want = sha256_of(src, progress)
-    if dest.is_file() and dest.stat().st_size == size and sha256_of(dest, progress) == want:
+    want = sha256_file(src, progress.check)
+    if dest.is_file() and dest.stat().st_size == size and sha256_file(dest, progress.check) == want:
         return Moved(str(dest), size, time.perf_counter() - t0, want, skipped=True)
     wait = backoff_s
     for attempt in range(retries + 1):
@@ -118,6 +105,7 @@ class LocalTransfer:
     """Copies into the run folder (and, if configured, models into the edge's folder)."""
 
     name = "Local"
+    section = SECTION
 
     def __init__(self, settings: Any, table: dict[str, Any] | None) -> None:
         self.settings = settings

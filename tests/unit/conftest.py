@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import responses
 
 
 @pytest.fixture
@@ -32,3 +33,22 @@ def edge(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
     with Server(providers=[{"EDGE1:Edge:Model:Load": pv}], conf=pva_conf(env), useenv=False):
         yield loads
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[responses.RequestsMock]:
+    """Globus's services answered by ``responses`` (what a test registers), and none of this
+    machine's Globus credentials in the environment."""
+    from ptychoflow.ioc.globus_auth import (
+        CLIENT_ID_ENV,
+        CLIENT_SECRET_ENV,
+        NATIVE_CLIENT_ID_ENV,
+        TOKEN_DIR_ENV,
+    )
+
+    for name in (CLIENT_ID_ENV, CLIENT_SECRET_ENV, NATIVE_CLIENT_ID_ENV, TOKEN_DIR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    responses.start()
+    yield responses.mock
+    responses.stop()
+    responses.reset()

@@ -24,18 +24,13 @@ from globus_sdk.testing import RegisteredResponse, load_response
 
 from ptychoflow.ioc.compute import GlobusCompute, table_of
 from ptychoflow.ioc.flowrun import STEPS, FlowRunner
-from ptychoflow.ioc.globus_auth import (
-    CLIENT_ID_ENV,
-    CLIENT_SECRET_ENV,
-    NATIVE_CLIENT_ID_ENV,
-    TOKEN_DIR_ENV,
-)
 from ptychoflow.ioc.orchestrator import Orchestrator
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.transfer import GlobusTransfer, LocalTransfer
 from ptychoflow.remote.flow import definition, input_schema
 from ptychoflow.remote.sitecheck import site_report
+from tests.unit.globus_offline import Sink, requests_to
 from tests.unit.test_globus_flows import FLOW, RUN, flows_api, logged_in
 from tests.unit.test_globus_transfer import CMP, EDGE, SRC, collections
 
@@ -50,32 +45,7 @@ TRAINED = {"reconstruction": f"{RUN_DIR}/reconstruct/scan_001-recon.h5",
            "to_edge": [{"source_path": "/~/ptycho/models/model-v1.onnx",
                         "destination_path": "/models/model-v1.onnx"}]}
 
-
-class Sink:
-    """The IOC's records, as far as the orchestrator sees them."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-        self.messages: list[str] = []
-
-    def post(self, values: dict[str, Any]) -> None:
-        self.values.update(values)
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
-
-    def finished(self) -> None:
-        pass
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in (CLIENT_ID_ENV, CLIENT_SECRET_ENV, NATIVE_CLIENT_ID_ENV, TOKEN_DIR_ENV):
-        monkeypatch.delenv(name, raising=False)
-    responses.start()
-    yield responses.mock
-    responses.stop()
-    responses.reset()
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture
@@ -142,11 +112,6 @@ def succeeded() -> dict[str, Any]:
             {"reconstruction": TRAINED["reconstruction"]}]}},
         "TrainExport": {"status": "SUCCEEDED", "details": {"result": [TRAINED]}},
         "ModelToEdge": {"status": "SUCCEEDED", "details": {"task_id": "t2"}}}}}
-
-
-def requests_to(offline: responses.RequestsMock, method: str, tail: str) -> list[Any]:
-    return [c.request for c in offline.calls
-            if c.request.method == method and str(c.request.url).split("?")[0].endswith(tail)]
 
 
 def drive(tables: dict[str, Any], scan: Path, transfer: str = "Globus",

@@ -19,35 +19,22 @@ from globus_sdk.testing import RegisteredResponse, load_response
 
 from ptychoflow.ioc.compute.base import BackendNotConfigured
 from ptychoflow.ioc.compute.globus import FUNCTION_CACHE, GlobusCompute, function_key
-from ptychoflow.ioc.globus_auth import (
-    CLIENT_ID_ENV,
-    CLIENT_SECRET_ENV,
-    NATIVE_CLIENT_ID_ENV,
-    TOKEN_DIR_ENV,
-)
 from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.stages import run_stage
+from tests.unit.globus_offline import requests_to
 from tests.unit.test_globus_auth import NATIVE_ID, store_tokens
 
 LOST = ("Traceback (most recent call last):\n  ...\n"
         "parsl.executors.high_throughput.errors.WorkerLost: Task failure due to loss of "
         "worker 3 on host nid0042")
 
+pytestmark = pytest.mark.usefixtures("offline")
+
 
 def reconstruct(scan_path: str, workdir: str, params: dict[str, Any],
                 progress: Any = None) -> dict[str, Any]:
     """A stage, as the endpoint would run it (never run here: the endpoint is mocked)."""
     return {"reconstruction": f"{workdir}/scan-recon.h5"}
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in (CLIENT_ID_ENV, CLIENT_SECRET_ENV, NATIVE_CLIENT_ID_ENV, TOKEN_DIR_ENV):
-        monkeypatch.delenv(name, raising=False)
-    responses.start()
-    yield responses.mock
-    responses.stop()
-    responses.reset()
 
 
 @pytest.fixture
@@ -72,11 +59,6 @@ def backend(tmp_path: Path) -> Any:
 def task_reply(task_id: str, status: str, **fields: Any) -> None:
     RegisteredResponse(service="compute", path=f"/v2/tasks/{task_id}",
                        json={"task_id": task_id, "status": status, **fields}).add()
-
-
-def calls(offline: responses.RequestsMock, method: str, tail: str) -> list[Any]:
-    return [c.request for c in offline.calls
-            if c.request.method == method and str(c.request.url).split("?")[0].endswith(tail)]
 
 
 def test_online_endpoint_passes_check_and_workers_come_from_config(backend: Any) -> None:
@@ -104,7 +86,7 @@ def test_run_stage_is_registered_once_and_the_id_reused(
     first.start()
     first.start()
     backend().start()  # a restarted IOC finds the id in the work folder
-    assert len(calls(offline, "POST", "/v3/functions")) == 1
+    assert len(requests_to(offline, "POST", "/v3/functions")) == 1
     cache = json.loads((tmp_path / "work" / FUNCTION_CACHE).read_text())
     assert cache == {function_key(run_stage): function_id}
 
@@ -121,8 +103,8 @@ def test_a_submitted_stage_comes_back_with_its_result_by_polling(
     gc = backend()
     future = gc.submit(reconstruct, "/scratch/run-7/scan.h5", "/scratch/run-7", {"a": 1}, None)
     assert future.result(timeout=10) == result
-    assert len(calls(offline, "GET", f"/v2/tasks/{meta['task_id']}")) == 3
-    body = json.loads(calls(offline, "POST", f"/v3/endpoints/{meta['endpoint_id']}/submit")[0]
+    assert len(requests_to(offline, "GET", f"/v2/tasks/{meta['task_id']}")) == 3
+    body = json.loads(requests_to(offline, "POST", f"/v3/endpoints/{meta['endpoint_id']}/submit")[0]
                       .body)
     assert list(body["tasks"]) == [meta["function_id"]]
     serde = ComputeSerializer()

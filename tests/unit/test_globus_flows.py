@@ -18,12 +18,6 @@ from globus_sdk.scopes import SpecificFlowScopes
 from globus_sdk.testing import RegisteredResponse, load_response
 
 from ptychoflow.cli import main
-from ptychoflow.ioc.globus_auth import (
-    CLIENT_ID_ENV,
-    CLIENT_SECRET_ENV,
-    NATIVE_CLIENT_ID_ENV,
-    TOKEN_DIR_ENV,
-)
 from ptychoflow.remote.flow import (
     COMPUTE_URL,
     FLOW_FILE,
@@ -32,6 +26,7 @@ from ptychoflow.remote.flow import (
     flow_stage,
     input_schema,
 )
+from tests.unit.globus_offline import requests_to
 from tests.unit.test_globus_auth import NATIVE_ID, SCOPES, store_tokens
 
 FLOW = "f10f1000-0000-4000-8000-000000000001"
@@ -39,6 +34,8 @@ RUN = "7a117a11-0000-4000-8000-000000000001"
 SRC = "11111111-1111-4111-8111-111111111111"
 CMP = "22222222-2222-4222-8222-222222222222"
 EDGE = "33333333-3333-4333-8333-333333333333"
+
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 def fake_recon(scan_path: str, workdir: str, params: dict[str, Any],
@@ -51,16 +48,6 @@ def fake_export(scan_path: str, workdir: str, params: dict[str, Any],
     return {"model": f"{workdir}/models/model-v{params['v']}.onnx",
             "card": f"{workdir}/models/model-v{params['v']}.json",
             "from_recon": params["reconstruction"]}
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in (CLIENT_ID_ENV, CLIENT_SECRET_ENV, NATIVE_CLIENT_ID_ENV, TOKEN_DIR_ENV):
-        monkeypatch.delenv(name, raising=False)
-    responses.start()
-    yield responses.mock
-    responses.stop()
-    responses.reset()
 
 
 @pytest.fixture
@@ -105,11 +92,6 @@ def flows_api(*statuses: tuple[str, dict[str, Any]]) -> None:
 
 def logged_in(tmp_path: Path) -> None:
     store_tokens(tmp_path / "tokens", {**SCOPES, FLOW: str(SpecificFlowScopes(FLOW).user)})
-
-
-def calls(offline: responses.RequestsMock, method: str, tail: str) -> list[Any]:
-    return [c.request for c in offline.calls
-            if c.request.method == method and str(c.request.url).split("?")[0].endswith(tail)]
 
 
 def test_flow_export_prints_the_four_steps_and_an_input_schema_as_one_json_object(
@@ -169,7 +151,7 @@ def test_flow_run_creates_the_flow_then_updates_it_and_follows_runs_to_success(
         f"flow {FLOW} created", f"run {RUN} of flow {FLOW} started", f"run {RUN}: ACTIVE",
         f"run {RUN}: ACTIVE (Reconstruct)", f"run {RUN}: SUCCEEDED"]
     assert json.loads((tmp_path / "work" / FLOW_FILE).read_text()) == {"flow_id": FLOW}
-    body = json.loads(calls(offline, "POST", f"/flows/{FLOW}/run")[0].body)["body"]
+    body = json.loads(requests_to(offline, "POST", f"/flows/{FLOW}/run")[0].body)["body"]
     jsonschema.validate(body, input_schema())
     assert (body["scan_source_path"], body["scan_compute_path"]) == (
         "/beamline/scan_001.h5", f"/~/ptycho/{body['workdir'][15:]}/transfer/scan_001.h5")
@@ -179,9 +161,9 @@ def test_flow_run_creates_the_flow_then_updates_it_and_follows_runs_to_success(
 
     assert main(argv) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"flow {FLOW} updated"
-    assert len(calls(offline, "POST", "/flows")) == 1
-    assert len(calls(offline, "PUT", f"/flows/{FLOW}")) == 1
-    assert len(calls(offline, "POST", "/v3/functions")) == 1  # flow_stage registered once
+    assert len(requests_to(offline, "POST", "/flows")) == 1
+    assert len(requests_to(offline, "PUT", f"/flows/{FLOW}")) == 1
+    assert len(requests_to(offline, "POST", "/v3/functions")) == 1  # flow_stage registered once
 
 
 def test_flow_run_reports_a_failed_run_and_exits_nonzero(

@@ -17,16 +17,11 @@ from globus_sdk.testing import RegisteredResponse, get_last_request, load_respon
 
 from ptychoflow.config import ConfigError
 from ptychoflow.ioc.compute.base import BackendNotConfigured
-from ptychoflow.ioc.globus_auth import (
-    CLIENT_ID_ENV,
-    CLIENT_SECRET_ENV,
-    NATIVE_CLIENT_ID_ENV,
-    TOKEN_DIR_ENV,
-)
 from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.transfer.base import TransferError
 from ptychoflow.ioc.transfer.globus import GlobusTransfer
 from ptychoflow.stages import Cancelled, Reporter
+from tests.unit.globus_offline import requests_to
 from tests.unit.test_globus_auth import NATIVE_ID, store_tokens
 
 SRC = "11111111-1111-4111-8111-111111111111"
@@ -36,15 +31,7 @@ T1 = "aaaaaaaa-0000-4000-8000-000000000001"
 T2 = "aaaaaaaa-0000-4000-8000-000000000002"
 SIZE = 1_000_000
 
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in (CLIENT_ID_ENV, CLIENT_SECRET_ENV, NATIVE_CLIENT_ID_ENV, TOKEN_DIR_ENV):
-        monkeypatch.delenv(name, raising=False)
-    responses.start()
-    yield responses.mock
-    responses.stop()
-    responses.reset()
+pytestmark = pytest.mark.usefixtures("offline")
 
 
 @pytest.fixture
@@ -115,11 +102,6 @@ def error_event(tid: str, code: str, description: str) -> None:
                        json={"DATA_TYPE": "event_list", "DATA": [
                            {"DATA_TYPE": "event", "code": code, "is_error": True,
                             "description": description, "details": "", "time": "t"}]}).add()
-
-
-def requests_to(offline: responses.RequestsMock, method: str, tail: str) -> list[Any]:
-    return [c.request for c in offline.calls
-            if c.request.method == method and str(c.request.url).split("?")[0].endswith(tail)]
 
 
 def test_scan_goes_to_the_run_folder_with_checksums_and_reports_progress(

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import globus_sdk
-import pytest
-import responses
 from globus_compute_sdk.serialize import ComputeSerializer
 from globus_sdk.testing import RegisteredResponse, load_response
 
@@ -28,6 +26,7 @@ from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.transfer.globus import GlobusTransfer
 from ptychoflow.remote import stages
 from ptychoflow.remote.sitecheck import site_report
+from tests.unit.globus_offline import Sink
 from tests.unit.test_globus_auth import NATIVE_ID, store_tokens
 from tests.unit.test_globus_transfer import CMP, EDGE, SRC, collections, submitted, task
 
@@ -35,29 +34,6 @@ SITE = "/home/u/ptycho"  # the work folder as the compute site's workers open it
 TASKS = [f"bbbbbbbb-0000-4000-8000-00000000000{i}" for i in range(4)]
 XFER = ["aaaaaaaa-0000-4000-8000-000000000011", "aaaaaaaa-0000-4000-8000-000000000012"]
 SHA = "ab" * 32
-
-
-class Sink:
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-        self.messages: list[str] = []
-
-    def post(self, values: dict[str, Any]) -> None:
-        self.values.update(values)
-
-    def message(self, text: str) -> None:
-        self.messages.append(text)
-
-    def finished(self) -> None:
-        pass
-
-
-@pytest.fixture
-def offline() -> Any:
-    responses.start()
-    yield responses.mock
-    responses.stop()
-    responses.reset()
 
 
 def compute_task(task_id: str, result: dict[str, Any]) -> None:
