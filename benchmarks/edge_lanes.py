@@ -25,9 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ptychoflow.edge import bench
-from ptychoflow.edge.onnxmodels import affine_model, write_card
-from ptychoflow.edge.pipelinebench import pipeline
+from ptychoflow.edge.bench import edge as bench
+from ptychoflow.edge.bench.models import affine_model, write_card
+from ptychoflow.edge.bench.pipeline import pipeline
 from ptychoflow.preprocess import Preprocess
 
 

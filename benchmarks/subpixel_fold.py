@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
-    from ptychoflow.edge.onnxmodels import quantize_int8
+    from ptychoflow.int8 import quantize_int8
     from ptychoflow.preprocess import Preprocess
     from ptychoflow.remote.export import to_onnx
     from ptychoflow.remote.ptychonn import PtychoNN, variant

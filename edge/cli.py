@@ -29,10 +29,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM."""
-    from ptychoflow.edge.model import ModelError
-    from ptychoflow.edge.scheduling import level_realtime_threads, set_policy
+    from ptychoflow.edge.infer.modelcheck import ModelError
     from ptychoflow.edge.service import EdgeService
     from ptychoflow.edge.settings import EdgeSettings
+    from ptychoflow.edge.threads import level_realtime_threads, set_policy
 
     settings = resolve(EdgeSettings, "edge", args)
     # before any thread or worker process exists, so all of them inherit it

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ptychoflow.config import setting
-from ptychoflow.edge.scheduling import POLICIES
+from ptychoflow.edge.infer.engines import ENGINES as ENGINE_REGISTRY
+from ptychoflow.edge.threads import POLICIES
 from ptychoflow.pvnames import DEFAULT_PREFIX
 
-ENGINES = ("auto", "onnxruntime", "tensorrt", "openvino", "torch")
+ENGINES = ("auto", *ENGINE_REGISTRY)
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -1,7 +1,7 @@
 """``ptychoflow bench NAME``: the quick benchmarks, each next to what it measures.
 
 Each benchmark module (``ptychoflow.sim.bench``, ``ptychoflow.ioc.bench``,
-``ptychoflow.edge.bench``) exposes ``register(parser)`` and ``run(args) -> dict``;
+``ptychoflow.edge.bench.edge``) exposes ``register(parser)`` and ``run(args) -> dict``;
 this front end prints the figures as one JSON object (``--json``) or as lines.
 """
 
@@ -17,7 +17,7 @@ HELP = "run a benchmark and print its figures (sim, ioc, edge, remote)"
 BENCHES = {
     "sim": "ptychoflow.sim.bench",
     "ioc": "ptychoflow.ioc.bench",
-    "edge": "ptychoflow.edge.bench",
+    "edge": "ptychoflow.edge.bench.edge",
     "remote": "ptychoflow.ioc.remotebench",
 }
 

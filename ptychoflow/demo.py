@@ -316,7 +316,7 @@ class Demo:
                                    f"{self.get('Edge:Message_RBV')}")
             time.sleep(0.2)
         # the file the edge chose for that version (its own rule: the int8 copy under --int8)
-        from ptychoflow.edge.model import resolve_model_path
+        from ptychoflow.edge.infer.modelcheck import resolve_model_path
 
         served = resolve_model_path(str(version), self.work / "models", self.s.int8).name
         self.say(f"edge now serves model v{version} ({served}) (hot swap, no restart)")

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,3 +138,19 @@ class ModelCard:
         if actual != self.sha256:
             raise ModelCardError(f"{model_path}: sha256 {actual[:12]}… does not match its card "
                                  f"({self.sha256[:12]}…); the file was changed or truncated")
+
+
+def pick_outputs(names: Sequence[str]) -> tuple[int, int | None]:
+    """Index of the phase output and of the amplitude output (if any).
+
+    Names containing "phase"/"amp" decide; otherwise the first output is the
+    phase and a second one the amplitude.
+    """
+    lower = [n.lower() for n in names]
+    phase = next((i for i, n in enumerate(lower) if "phase" in n or n.startswith("ph")), None)
+    amp = next((i for i, n in enumerate(lower) if "amp" in n), None)
+    if phase is None:
+        phase = next(i for i in range(len(names)) if i != amp)
+    if amp is None and len(names) > 1:
+        amp = next(i for i in range(len(names)) if i != phase)
+    return phase, amp

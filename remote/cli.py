@@ -188,13 +188,13 @@ def evaluate_model(model: str, scan_path: str, reconstruction: str | None) -> di
         return evaluate_scan(load_checkpoint(model), scan, reconstruction)[0]
     import onnxruntime as ort
 
-    from ptychoflow.modelcard import ModelCard, card_path
+    from ptychoflow.modelcard import ModelCard, card_path, pick_outputs
 
     card = ModelCard.load(card_path(model))
     card.verify_file(model)
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     x = card.preprocessing(scan.data)
     names = [o.name for o in sess.get_outputs()]
-    phase_index = names.index("phase") if "phase" in names else 0
+    phase_index = pick_outputs(names)[0]  # the output the edge publishes as the phase
     phases = sess.run(None, {sess.get_inputs()[0].name: x})[phase_index][:, 0]
     return scan_quality(phases, scan, card.output_pixel_size_m, reconstruction)

@@ -4,7 +4,7 @@
 The network predicts each patch's phase relative to the patch's own centre
 (see :mod:`.pairs`), so before a patch is stitched its constant offset is
 matched to the map built so far over their overlap. The map is the edge's
-:class:`~ptychoflow.edge.stitch.Stitcher` (plain average of overlaps), so the
+:class:`~ptychoflow.stitch.Stitcher` (plain average of overlaps), so the
 figures describe what the beamline sees on ``Edge:Stitched``; a Gaussian
 window per patch (``sigma_fraction``) is available but measured no better. Reference and
 map are compared on the map's grid, over the pixels the scan covered well,
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ptychoflow.edge.stitch import Stitcher
 from ptychoflow.remote.pairs import ObjectGrid
 from ptychoflow.remote.phasemap import PhaseMap
 from ptychoflow.scanfile import Scan
+from ptychoflow.stitch import Stitcher
 
 
 def window(size: int, sigma_fraction: float | None = 1 / 6) -> np.ndarray:

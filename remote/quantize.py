@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from ptychoflow.modelcard import ModelCard, ModelCardError, card_path, int8_path, sha256_file
+from ptychoflow.modelcard import (
+    ModelCard,
+    ModelCardError,
+    card_path,
+    int8_path,
+    pick_outputs,
+    sha256_file,
+)
 from ptychoflow.remote._files import atomic_path
 from ptychoflow.scanfile import read_scan
 
@@ -56,17 +63,15 @@ def _phase_change(fp32: Path, int8: Path, frames: np.ndarray) -> dict[str, float
     """RMS and largest change of the phase output (the one the edge publishes as phase),
     int8 against float32, in radians.
     """
-    from ptychoflow.edge.engines import OrtEngine
-    from ptychoflow.edge.model import pick_outputs
+    import onnxruntime as ort
 
     out = []
     for path in (fp32, int8):
-        engine = OrtEngine(path)
-        try:
-            # the model's own output order, as the edge reads it
-            out.append(engine.infer(frames)[pick_outputs([n for n, _ in engine.outputs])[0]])
-        finally:
-            engine.close()
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        # the phase output picked the way the edge picks it
+        res = sess.run(None, {sess.get_inputs()[0].name: frames.astype(np.float32)})
+        out.append(res[pick_outputs(names)[0]])
     diff = np.abs(out[1].astype(np.float64) - out[0])
     return {"int8_phase_change_rms_rad": round(float(np.sqrt(np.mean(diff ** 2))), 5),
             "int8_phase_change_max_rad": round(float(diff.max()), 5)}
@@ -82,7 +87,7 @@ def quantize_model(model: str | os.PathLike[str], scan: str | os.PathLike[str],
     ``ValueError``) for a model without a valid card or a scan whose frames the
     model cannot take; nothing is written then.
     """
-    from ptychoflow.edge.onnxmodels import quantize_int8
+    from ptychoflow.int8 import quantize_int8
 
     src = Path(model)
     if not src.is_file():

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptychoflow.edge.onnxmodels import affine_model
+from ptychoflow.edge.bench.models import affine_model
 from ptychoflow.epicsenv import isolated_env, pva_conf
 from tests.conftest import wait_for_pva
 from tests.system.edge.edge_helpers import edge_args

@@ -5,15 +5,16 @@ from __future__ import annotations
 import threading
 import time
 
-from ptychoflow.edge.batcher import FrameQueue
+from ptychoflow.edge.input.framequeue import FrameQueue
 
 
 def test_full_queue_drops_oldest_and_counts() -> None:
     q: FrameQueue[int] = FrameQueue(4)
-    dropped: list[int] = []
-    q.on_drop = dropped.append
+    seen = _Order()
+    q.observer = seen
     for i in range(10):
         q.put(i)
+    dropped = seen.since()
     assert len(q) == 4 and q.dropped == 6 and dropped == [0, 1, 2, 3, 4, 5]
     assert q.get_batch(10, 0.0) == [6, 7, 8, 9]
 
@@ -61,17 +62,38 @@ def test_a_waiting_consumer_wakes_for_its_first_frame() -> None:
     assert time.monotonic() - t0 < 5.0
 
 
-def test_dropped_frames_are_handed_to_the_next_take_in_stream_order() -> None:
+class _Order:
+    """Records what the queue tells its observer, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, list[int]]] = []
+
+    def dropped(self, item: int) -> None:
+        self.events.append(("dropped", [item]))
+
+    def taken(self, items: list[int]) -> None:
+        self.events.append(("taken", items))
+
+    def since(self) -> list[int]:
+        """The frames dropped since the last call, oldest first."""
+        out = [i for kind, items in self.events if kind == "dropped" for i in items]
+        self.events = []
+        return out
+
+
+def test_the_observer_hears_of_dropped_frames_in_stream_order() -> None:
     q: FrameQueue[int] = FrameQueue(3)
-    q.keep_dropped = True
+    seen = _Order()
+    q.observer = seen
     for i in range(1, 6):  # 1 and 2 dropped
         q.put(i)
+    assert seen.events == [("dropped", [1]), ("dropped", [2])]
     assert q.get_batch(2, 0.0) == [3, 4]
-    assert q.taken_dropped == [1, 2]  # older than what was taken
+    assert seen.since() == [1, 2]  # older than what was taken
     for i in (6, 7, 8):  # full again at 8: 5 dropped
         q.put(i)
     assert q.get_batch(1, 0.0, timeout=0.1) == [6]
-    assert q.taken_dropped == [5]
+    assert seen.since() == [5]
     assert q.get_batch(5, 0.0, timeout=0.1) == [7, 8]
-    assert q.taken_dropped == []
+    assert seen.since() == []
     assert q.dropped == 3

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from ptychoflow.edge.pipelinebench import thread_cpu_s
-from ptychoflow.edge.scheduling import name_os_thread
+from ptychoflow.edge.bench.pipeline import thread_cpu_s
+from ptychoflow.edge.threads import name_os_thread
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
                                 reason="Linux per-thread CPU only")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ptychoflow.edge.lanes import LaneSet, _gpus_for_lanes, slot_bytes
+from ptychoflow.edge.lanes.child import slot_bytes
+from ptychoflow.edge.lanes.handle import gpus_for_lanes
+from ptychoflow.edge.lanes.parent import LaneSet
 from ptychoflow.edge.service import split_inputs
 from ptychoflow.edge.settings import EdgeSettings
 
@@ -20,9 +22,9 @@ def test_inputs_split_on_spaces_and_commas() -> None:
 
 def test_lanes_take_the_visible_gpus_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert _gpus_for_lanes(3) == ["2", "3", "2"]
+    assert gpus_for_lanes(3) == ["2", "3", "2"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # one GPU: all lanes share it
-    assert _gpus_for_lanes(2) == ["", ""]
+    assert gpus_for_lanes(2) == ["", ""]
 
 
 def test_workers_with_lanes_are_refused(tmp_path: Path) -> None:
@@ -37,7 +39,7 @@ def test_a_slot_holds_a_full_batch_of_phase_and_amplitude() -> None:
 
 
 def test_a_lane_that_keeps_dying_waits_longer_each_time() -> None:
-    from ptychoflow.edge.lanes import RESTART_MAX_S, restart_delay
+    from ptychoflow.edge.lanes.handle import RESTART_MAX_S, restart_delay
 
     assert [restart_delay(q) for q in range(5)] == [0.0, 10.0, 20.0, 40.0, 80.0]
     assert restart_delay(30) == RESTART_MAX_S

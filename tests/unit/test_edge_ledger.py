@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ptychoflow.edge.ledger import FrameLedger, GapCounter
+from ptychoflow.edge.input.gaps import GapCounter
+from ptychoflow.edge.lanes.ledger import FrameLedger
 
 
 def _f(*uids: int, key: object = 1) -> list[tuple[int, object]]:

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptychoflow.edge.engines import OrtEngine
-from ptychoflow.edge.model import ModelError, resolve_model_path
-from ptychoflow.edge.onnxmodels import affine_model, write_card
+from ptychoflow.edge.bench.models import affine_model, write_card
+from ptychoflow.edge.infer.engines import OrtEngine
+from ptychoflow.edge.infer.hotswap import prepare
+from ptychoflow.edge.infer.modelcheck import ModelError, resolve_model_path
 from ptychoflow.edge.settings import EdgeSettings
-from ptychoflow.edge.swap import prepare
 from ptychoflow.preprocess import Preprocess
 
 
@@ -117,7 +117,7 @@ def test_fixed_batch_models_get_padded_and_split(tmp_path: Path) -> None:
 def test_multi_channel_models_are_refused(tmp_path: Path) -> None:
     from onnx import TensorProto, helper
 
-    from ptychoflow.edge.onnxmodels import _save
+    from ptychoflow.edge.bench.models import _save
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, 8, 8])
@@ -129,7 +129,7 @@ def test_multi_channel_models_are_refused(tmp_path: Path) -> None:
 
 def test_torch_engine_matches_onnxruntime(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from ptychoflow.edge.engines import TorchEngine, make_engine
+    from ptychoflow.edge.infer.engines import TorchEngine, make_engine
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1), torch.nn.Tanh()).eval()
     path = tmp_path / "model-v1.onnx"
@@ -167,7 +167,7 @@ def test_streams_run_batches_side_by_side_and_keep_their_order(folder: Path) -> 
 
 def test_automatic_streams_follow_the_engine(folder: Path, monkeypatch: pytest.MonkeyPatch
                                              ) -> None:
-    from ptychoflow.edge import swap
+    from ptychoflow.edge.infer import hotswap as swap
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
     eng = OrtEngine(folder / "model-v1.onnx", threads=1)
@@ -184,7 +184,7 @@ def test_automatic_streams_follow_the_engine(folder: Path, monkeypatch: pytest.M
 def test_openvino_engine_matches_onnxruntime(tmp_path: Path) -> None:
     """float32 agrees with ONNX Runtime; bfloat16 (where the CPU has it) to its precision."""
     pytest.importorskip("openvino")
-    from ptychoflow.edge.engines import OpenVINOEngine, make_engine
+    from ptychoflow.edge.infer.engines import OpenVINOEngine, make_engine
 
     path = affine_model(tmp_path / "m.onnx", 16, scale=0.5, offset=0.25)
     x = np.random.default_rng(0).uniform(0, 4, (5, 1, 16, 16)).astype(np.float32)
@@ -206,8 +206,9 @@ def test_openvino_runs_a_quantized_model_in_int8(tmp_path: Path) -> None:
     """A QDQ int8 copy runs its convolutions in int8 under OpenVINO and says so."""
     pytest.importorskip("openvino")
     pytest.importorskip("onnxruntime.quantization")
-    from ptychoflow.edge.engines import OpenVINOEngine
-    from ptychoflow.edge.onnxmodels import ptychonn_graph, quantize_int8
+    from ptychoflow.edge.bench.models import ptychonn_graph
+    from ptychoflow.edge.infer.engines import OpenVINOEngine
+    from ptychoflow.int8 import quantize_int8
 
     rng = np.random.default_rng(0)
     pre = Preprocess(input_size=32)

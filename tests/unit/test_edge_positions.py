@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ptychoflow.edge.positions import PositionSource, load_positions
+from ptychoflow.edge.input.positions import PositionSource, load_positions
 from ptychoflow.ntnda import Frame
 
 

@@ -7,13 +7,13 @@ import threading
 
 import pytest
 
-from ptychoflow.edge.scheduling import (
+from ptychoflow.edge.settings import EdgeSettings
+from ptychoflow.edge.threads import (
     current_policy,
     level_realtime_threads,
     name_os_thread,
     set_policy,
 )
-from ptychoflow.edge.settings import EdgeSettings
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policies only")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ptychoflow.edge.client import monitor_request
+from ptychoflow.edge.input.monitor import monitor_request
 from ptychoflow.edge.settings import EdgeSettings
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptychoflow.edge.stitch import Stitcher, StitchError
+from ptychoflow.stitch import Stitcher, StitchError
 
 PIX = 10e-9
 
@@ -105,7 +105,7 @@ def test_pixel_size_must_be_positive() -> None:
 
 
 def test_one_input_a_new_scan_starts_a_new_map() -> None:
-    from ptychoflow.edge.stitch import ScanFollower
+    from ptychoflow.stitch import ScanFollower
 
     sf = ScanFollower()
     assert sf.place(0, 1, "a") == (True, True)  # the first scan's map
@@ -116,7 +116,7 @@ def test_one_input_a_new_scan_starts_a_new_map() -> None:
 
 
 def test_lanes_old_scan_frames_stay_off_the_new_map() -> None:
-    from ptychoflow.edge.stitch import ScanFollower
+    from ptychoflow.stitch import ScanFollower
 
     sf = ScanFollower()
     assert sf.place(0, 1, "a") == (True, True)
@@ -130,7 +130,7 @@ def test_lanes_old_scan_frames_stay_off_the_new_map() -> None:
 
 
 def test_lanes_without_scan_ids_follow_the_ids() -> None:
-    from ptychoflow.edge.stitch import ScanFollower
+    from ptychoflow.stitch import ScanFollower
 
     sf = ScanFollower()
     for uid in range(1, 9):  # the map is new already: nothing to start

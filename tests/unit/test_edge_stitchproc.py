@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptychoflow.edge import stitchproc
-from ptychoflow.edge.stitch import Stitcher, StitchError
-from ptychoflow.edge.stitchproc import StitchProcess
+from ptychoflow.edge.output import stitchproc
+from ptychoflow.edge.output.stitchproc import StitchProcess
+from ptychoflow.stitch import Stitcher, StitchError
 
 PIX = 10e-9
 

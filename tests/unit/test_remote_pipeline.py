@@ -191,7 +191,7 @@ def test_export_is_faithful_and_carded(work: dict[str, Any], trained: dict[str, 
     assert copy.name == "model-v2-int8.onnx"
     ModelCard.load(copy.with_suffix(".json")).verify_file(copy)
     assert 0 < r2["int8_phase_change_rms_rad"] < 1
-    from ptychoflow.edge.model import resolve_model_path
+    from ptychoflow.edge.infer.modelcheck import resolve_model_path
 
     assert resolve_model_path("2", model_dir, int8=True) == copy.resolve()
     with pytest.raises(RuntimeError, match="already exists"):
@@ -203,7 +203,7 @@ def test_edge_accepts_the_exported_model(work: dict[str, Any], trained: dict[str
         None:
     import onnxruntime as ort
 
-    from ptychoflow.edge.model import describe_model
+    from ptychoflow.edge.infer.modelcheck import describe_model
 
     model = work["dir"] / "models" / "model-v1.onnx"
     if not model.exists():

@@ -12,9 +12,9 @@ import pytest
 pytest.importorskip("onnxruntime.quantization")
 
 from ptychoflow.cli import main  # noqa: E402
-from ptychoflow.edge.onnxmodels import ptychonn_graph, write_card  # noqa: E402
+from ptychoflow.edge.bench.models import ptychonn_graph, write_card  # noqa: E402
+from ptychoflow.edge.infer.hotswap import prepare  # noqa: E402
 from ptychoflow.edge.settings import EdgeSettings  # noqa: E402
-from ptychoflow.edge.swap import prepare  # noqa: E402
 from ptychoflow.modelcard import ModelCard  # noqa: E402
 from ptychoflow.preprocess import Preprocess  # noqa: E402
 from ptychoflow.remote.quantize import QuantizeError, quantize_model  # noqa: E402

@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from torch import nn  # noqa: E402
 
-from ptychoflow.edge.onnxmodels import ptychonn_graph  # noqa: E402
+from ptychoflow.edge.bench.models import ptychonn_graph  # noqa: E402
 from ptychoflow.remote.export import check_onnx, to_onnx  # noqa: E402
 from ptychoflow.remote.ptychonn import PtychoNN, PtychoNNConfig  # noqa: E402
 from ptychoflow.remote.subpixel import SubPixelConv, fold_sequential, for_inference  # noqa: E402

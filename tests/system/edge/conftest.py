@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ptychoflow.edge.onnxmodels import affine_model, write_card
+from ptychoflow.edge.bench.models import affine_model, write_card
 from ptychoflow.epicsenv import isolated_env
 from ptychoflow.preprocess import Preprocess
 from tests.system.edge.edge_helpers import PIXEL, Collector, FrameSource

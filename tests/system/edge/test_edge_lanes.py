@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ptychoflow.edge.onnxmodels import affine_model
+from ptychoflow.edge.bench.models import affine_model
 from ptychoflow.epicsenv import pva_conf
 from ptychoflow.ntnda import make_frame, placeholder
 from tests.conftest import wait_for_pva
@@ -166,7 +166,7 @@ def test_a_lane_that_dies_is_restarted_and_its_losses_counted(
     import os
     import signal
 
-    from ptychoflow.edge.pipelinebench import children
+    from ptychoflow.edge.bench.pipeline import children
 
     edge = start_server(edge_args(prefix, " ".join(two.pvs), model_dir / "model-v1.onnx"),
                         edge_env, name="edge")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ptychoflow.edge.onnxmodels import affine_model
+from ptychoflow.edge.bench.models import affine_model
 from tests.conftest import wait_for_pva
 from tests.system.edge.edge_helpers import Collector, edge_args
 

@@ -155,7 +155,7 @@ def test_reconnects_after_source_restart(start_server, edge_env, prefix, source:
 def test_fixed_batch_model_without_card(start_server, edge_env, prefix, source: FrameSource,
                                         collector: Collector, tmp_path: Path,
                                         engine: str) -> None:
-    from ptychoflow.edge.onnxmodels import affine_model
+    from ptychoflow.edge.bench.models import affine_model
 
     if engine == "openvino":
         pytest.importorskip("openvino")

@@ -132,7 +132,7 @@ def train_walltime(scan_path: str, workdir: str, params: dict[str, Any],
 def export_affine(scan_path: str, workdir: str, params: dict[str, Any],
                   progress: Any = None) -> dict[str, Any]:
     """A real ONNX model with its card, as the edge serves it: version N multiplies by N."""
-    from ptychoflow.edge.onnxmodels import affine_model, write_card
+    from ptychoflow.edge.bench.models import affine_model, write_card
     from ptychoflow.preprocess import Preprocess
 
     np.load(params["checkpoint"])

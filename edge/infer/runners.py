@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ptychoflow.edge.engines import Engine, make_engine
-from ptychoflow.edge.scheduling import name_os_thread
+from ptychoflow.edge.infer.engines import Engine, make_engine
+from ptychoflow.edge.threads import name_os_thread
 
 
 class Runner:

@@ -15,15 +15,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ptychoflow.edge.engines import Engine, EngineError, cpu_threads, make_engine
-from ptychoflow.edge.model import ModelError, ModelInfo, describe_model, resolve_model_path
+from ptychoflow.edge.infer.engines import Engine, EngineError, cpu_threads, make_engine
+from ptychoflow.edge.infer.modelcheck import (
+    ModelError,
+    ModelInfo,
+    describe_model,
+    resolve_model_path,
+)
+from ptychoflow.edge.infer.runners import ProcessRunner, Runner, ThreadRunner
+from ptychoflow.edge.messages import ModelNote
 from ptychoflow.edge.settings import EdgeSettings
-from ptychoflow.edge.workers import ProcessRunner, Runner, ThreadRunner
 from ptychoflow.modelcard import ModelCardError
 
 log = logging.getLogger(__name__)
@@ -31,36 +36,53 @@ log = logging.getLogger(__name__)
 WARMUP_TIMEOUT_S = 600.0  # a first TensorRT build can take minutes
 
 
-@dataclass
 class Served:
-    """A model ready to serve: what it expects and where it runs."""
+    """A model ready to serve: what it expects, where it runs, and its batches in flight.
 
-    info: ModelInfo
-    runner: Runner
-
-
-@dataclass(frozen=True)
-class ModelNote:
-    """The model being served, as the publisher and the status PVs need it.
-
-    A lane sends its own to the edge process the same way.
+    Each batch submitted holds the model (:meth:`hold`) until it is published
+    (:meth:`done`); a model swapped out is closed by :meth:`retire` once the last
+    of its batches is out, so no frame is dropped because of a swap.
     """
 
-    version: int
-    path: str
-    pixel_size_m: float
-    where: str
+    def __init__(self, info: ModelInfo, runner: Runner) -> None:
+        self.info = info
+        self.runner = runner
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._idle = threading.Event()
+        self._idle.set()
 
-    @property
-    def name(self) -> str:
-        """The model's file name."""
-        return Path(self.path).name
+    def note(self) -> ModelNote:
+        """The note the publisher and the status PVs need."""
+        info = self.info
+        return ModelNote(info.version, str(info.path), info.pixel_size_m,
+                         self.runner.describe())
 
-    @classmethod
-    def of(cls, served: Served) -> ModelNote:
-        """The note for a model served in this process."""
-        info = served.info
-        return cls(info.version, str(info.path), info.pixel_size_m, served.runner.describe())
+    def hold(self) -> None:
+        """A batch of this model was submitted."""
+        with self._lock:
+            self._in_flight += 1
+            self._idle.clear()
+
+    def done(self) -> None:
+        """A batch of this model was published (or failed)."""
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight <= 0:
+                self._idle.set()
+
+    def retire(self) -> None:
+        """Close the runner once every batch submitted to it is published (in the background)."""
+        def close() -> None:
+            self._idle.wait()
+            self.runner.close()
+
+        threading.Thread(target=close, name="edge-retire", daemon=True).start()
+
+    def close(self) -> None:
+        """Close now, after the batches in flight (at shutdown)."""
+        self._idle.wait(60)
+        self.runner.close()
 
 
 def _engine_kwargs(settings: EdgeSettings, model_dir: Path) -> dict[str, object]:
@@ -211,7 +233,7 @@ class HotSwapper:
         with self._lock:
             old, self._ready = self._ready, served
         if old is not None:  # a newer load overtook one never picked up
-            old.runner.close()
+            old.close()
 
     def take(self) -> Served | None:
         """The freshly loaded model, once; None when there is none."""

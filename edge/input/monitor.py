@@ -2,7 +2,7 @@
 
 The callback does the least possible, decode the value into a
 :class:`ptychoflow.ntnda.Frame` and stamp its arrival time, and hands it to
-the bounded :class:`~ptychoflow.edge.batcher.FrameQueue`; everything else runs
+the bounded :class:`~ptychoflow.edge.input.framequeue.FrameQueue`; everything else runs
 on the edge's own threads. The p4p monitor re-subscribes by itself when the
 source goes away and comes back; disconnects and reconnects are reported to
 ``on_status`` so the service can say so in ``Message_RBV``.
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ptychoflow.edge.scheduling import name_os_thread
+from ptychoflow.edge.threads import name_os_thread
 from ptychoflow.ntnda import Frame, is_placeholder, read_frame
 
 log = logging.getLogger(__name__)

@@ -51,11 +51,12 @@ from typing import Any
 
 import numpy as np
 
-from ptychoflow.edge.onnxmodels import ptychonn_graph, quantize_int8, write_card
-from ptychoflow.edge.pipelinebench import pipeline
-from ptychoflow.edge.scheduling import POLICIES
+from ptychoflow.edge.bench.models import ptychonn_graph, write_card
+from ptychoflow.edge.bench.pipeline import pipeline
+from ptychoflow.edge.infer.hotswap import prepare
 from ptychoflow.edge.settings import EdgeSettings
-from ptychoflow.edge.swap import prepare
+from ptychoflow.edge.threads import POLICIES
+from ptychoflow.int8 import quantize_int8
 from ptychoflow.preprocess import Preprocess
 
 HELP = "edge: engine, pipeline (PVA in -> Edge:Phase out) and PyTorch baseline frames/s"
@@ -156,7 +157,7 @@ def _to_int8(path: Path, args: argparse.Namespace) -> tuple[Path, float]:
     The error is that of the engine benchmarked (OpenVINO computes what is not
     quantized in bfloat16 where it can) against float32 ONNX Runtime.
     """
-    from ptychoflow.edge.engines import OrtEngine, make_engine
+    from ptychoflow.edge.infer.engines import OrtEngine, make_engine
 
     size = args.size
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -309,29 +309,31 @@ def _card_io(path: Path) -> dict[str, Any]:
             "outputs": [(o.name, o.shape) for o in card.outputs]}
 
 
-def make_engine(path: Path, engine: str = "auto", device: str = "auto", threads: int = 0,
-                trt_cache_dir: Path | None = None, gpu: int | None = None,
-                fp16: bool = True) -> Engine:
-    """Build the engine the settings ask for; ``auto`` takes the fastest one installed.
+EngineSpec = Callable[..., Engine]
 
-    ``auto`` order: TensorRT (unless --device cpu), ONNX Runtime (CUDA where its
-    provider exists and the device allows), PyTorch. ``gpu`` pins CUDA engines
-    to one device (one worker per GPU).
-    """
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    if engine == "tensorrt" or (engine == "auto" and device != "cpu"
-                                and _ort_has("TensorrtExecutionProvider")):
-        cache = trt_cache_dir or path.parent / ".trt"
-        return TensorRTEngine(path, cache, threads=threads, fp16=fp16)
-    if engine == "openvino":
-        if device == "cuda":
-            raise EngineError("the OpenVINO engine runs on the CPU; use --device cpu or auto, "
-                              "or another engine for CUDA")
-        return OpenVINOEngine(path, threads=threads, half=fp16)
-    if engine == "onnxruntime" or (engine == "auto" and _ort_has("CPUExecutionProvider")):
-        cuda = device == "cuda" or (device == "auto" and _ort_has("CUDAExecutionProvider"))
-        return OrtEngine(path, device="cuda" if cuda else "cpu", threads=threads)
+
+def _tensorrt(path: Path, device: str, threads: int, trt_cache_dir: Path | None,
+              fp16: bool) -> Engine:
+    return TensorRTEngine(path, trt_cache_dir or path.parent / ".trt", threads=threads,
+                          fp16=fp16)
+
+
+def _openvino(path: Path, device: str, threads: int, trt_cache_dir: Path | None,
+              fp16: bool) -> Engine:
+    if device == "cuda":
+        raise EngineError("the OpenVINO engine runs on the CPU; use --device cpu or auto, "
+                          "or another engine for CUDA")
+    return OpenVINOEngine(path, threads=threads, half=fp16)
+
+
+def _onnxruntime(path: Path, device: str, threads: int, trt_cache_dir: Path | None,
+                 fp16: bool) -> Engine:
+    cuda = device == "cuda" or (device == "auto" and _ort_has("CUDAExecutionProvider"))
+    return OrtEngine(path, device="cuda" if cuda else "cpu", threads=threads)
+
+
+def _torch(path: Path, device: str, threads: int, trt_cache_dir: Path | None,
+           fp16: bool) -> Engine:
     try:
         import torch
     except ModuleNotFoundError as exc:
@@ -340,3 +342,40 @@ def make_engine(path: Path, engine: str = "auto", device: str = "auto", threads:
     torch_device = device if device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
     return TorchEngine(path, device=torch_device, threads=threads, fp16=fp16, **_card_io(path))
+
+
+ENGINES: dict[str, EngineSpec] = {
+    "onnxruntime": _onnxruntime,
+    "tensorrt": _tensorrt,
+    "openvino": _openvino,
+    "torch": _torch,
+}
+"""Every engine by the name ``--engine`` takes; the settings' choices are these and ``auto``."""
+
+AUTO: tuple[tuple[str, Callable[[str], bool]], ...] = (
+    ("tensorrt", lambda device: device != "cpu" and _ort_has("TensorrtExecutionProvider")),
+    ("onnxruntime", lambda device: _ort_has("CPUExecutionProvider")),
+    ("torch", lambda device: True),
+)
+"""``auto``: the first engine in this order that this box offers for ``device``."""
+
+
+def make_engine(path: Path, engine: str = "auto", device: str = "auto", threads: int = 0,
+                trt_cache_dir: Path | None = None, gpu: int | None = None,
+                fp16: bool = True) -> Engine:
+    """Build the engine the settings ask for; ``auto`` takes the fastest one installed.
+
+    ``auto`` follows :data:`AUTO`: TensorRT (unless --device cpu), ONNX Runtime
+    (CUDA where its provider exists and the device allows), PyTorch. ``gpu``
+    pins CUDA engines to one device (one worker per GPU).
+    """
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    if engine == "auto":
+        engine = next(name for name, offered in AUTO if offered(device))
+    try:
+        build = ENGINES[engine]
+    except KeyError:
+        raise EngineError(f"engine {engine!r} unknown; use auto or one of "
+                          f"{', '.join(ENGINES)}") from None
+    return build(path, device, threads, trt_cache_dir, fp16)

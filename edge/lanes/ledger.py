@@ -1,7 +1,8 @@
 """Frames lost upstream of the edge: gaps in one input's ids, and ids no lane saw.
 
 With one input the edge counts a gap in ``uniqueId`` as frames lost before it
-(the source's queue for the edge overflowed, say): :class:`GapCounter`.
+(the source's queue for the edge overflowed, say):
+:class:`~ptychoflow.edge.input.gaps.GapCounter`.
 With several lanes the ids interleave across lanes in whatever way the
 scatter chose, so no lane can tell a gap from a frame another lane got. The edge process can: every
 frame a lane accounts for (handed over for publishing, skipped as bad,
@@ -22,7 +23,7 @@ A frame that did not decode and whose uniqueId could not be read was still
 a frame the lane took (and counted bad); it holds one of the ids no lane
 reported. The lane's next id bounds which: the first id counted missed
 between that lane's neighbours of the frame is taken to be it, and not
-counted again. :class:`GapCounter` does the same for one input.
+counted again. ``GapCounter`` does the same for one input.
 """
 
 from __future__ import annotations
@@ -32,42 +33,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _UNBOUNDED = 1 << 62
-
-
-class GapCounter:
-    """Frames lost before one input: gaps in ``uniqueId``, which detectors count up by one."""
-
-    def __init__(self, counting: bool = True) -> None:
-        self.missed = 0
-        self.counting = counting  # off in a lane, whose ids skip the other lanes' frames
-        self.last: int | None = None
-        self.last_ts: float | None = None
-        self._unknown = 0  # frames since ``last`` whose id could not be read
-
-    def reset(self) -> None:
-        """A new source: its ids start afresh."""
-        self.last, self.last_ts, self._unknown = None, None, 0
-
-    def seen(self, uid: int, ts: float) -> None:
-        """Take frame ``uid`` as the last one, without counting anything."""
-        self.last, self.last_ts = uid, ts
-
-    def frame(self, uid: int, ts: float | None = None) -> bool:
-        """Count frame ``uid`` in (0 or less: one whose id could not be read, ``ts`` None:
-        one that did not decode). False, counting nothing, for the frame just counted
-        sent again: a reconnect re-sends the source's current value.
-        """
-        if uid <= 0:
-            self._unknown += 1  # it fills one id of the gap before the next frame
-            return True
-        last = self.last
-        if last is not None:
-            if uid == last and ts is not None and ts == self.last_ts:
-                return False
-            if self.counting and uid > last + 1:
-                self.missed += max(0, uid - last - 1 - self._unknown)
-        self.last, self.last_ts, self._unknown = uid, ts, 0
-        return True
 
 
 @dataclass

@@ -20,6 +20,7 @@ from ptychoflow.modelcard import (
     card_path,
     int8_path,
     model_file,
+    pick_outputs,
     version_of,
 )
 from ptychoflow.preprocess import Preprocess
@@ -90,22 +91,6 @@ class ModelInfo:
     def has_card(self) -> bool:
         """Whether the model came with a card of ours."""
         return self.card is not None
-
-
-def pick_outputs(names: Sequence[str]) -> tuple[int, int | None]:
-    """Index of the phase output and of the amplitude output (if any).
-
-    Names containing "phase"/"amp" decide; otherwise the first output is the
-    phase and a second one the amplitude.
-    """
-    lower = [n.lower() for n in names]
-    phase = next((i for i, n in enumerate(lower) if "phase" in n or n.startswith("ph")), None)
-    amp = next((i for i, n in enumerate(lower) if "amp" in n), None)
-    if phase is None:
-        phase = next(i for i in range(len(names)) if i != amp)
-    if amp is None and len(names) > 1:
-        amp = next(i for i in range(len(names)) if i != phase)
-    return phase, amp
 
 
 def _check_image_output(name: str, shape: Sequence[Dim], h: int, w: int) -> None:

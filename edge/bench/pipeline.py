@@ -3,7 +3,7 @@
 ``ptychoflow sim`` streams, ``ptychoflow edge`` (a subprocess) serves the model,
 and a p4p client here receives ``Edge:Phase``; :func:`pipeline` returns the
 steady rate, latency, frames accounted for, and CPU per frame of each process
-and of each edge thread (see :mod:`ptychoflow.edge.bench` for what each figure
+and of each edge thread (see :mod:`ptychoflow.edge.bench.edge` for what each figure
 means). ``benchmarks/edge_io_ceiling.py`` runs it with a do-nothing model.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychoflow.edge.scheduling import (
+from ptychoflow.edge.threads import (
     POLICIES,
     current_policy,
     level_realtime_threads,

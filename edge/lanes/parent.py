@@ -1,7 +1,9 @@
 """Lanes: one process per input PV, for detectors whose frames are split over several PVs.
 
 This module is the edge process's side (:class:`LaneSet`); the lane process
-itself is :mod:`ptychoflow.edge.lane`.
+itself is :mod:`ptychoflow.edge.lanes.child`, what the two say to each other
+:mod:`ptychoflow.edge.lanes.protocol`, and one lane's handle here (with its
+restarts) :mod:`ptychoflow.edge.lanes.handle`.
 
 At thousands of frames a second the edge's own Python work per frame, not
 the engine, sets the pace, and one process's Python takes turns on one
@@ -25,7 +27,7 @@ per frame fell from 72-96 us to 31-58 us, ``benchmarks/edge_lanes.py``).
 The uniqueIds of one lane are not consecutive (the scatter decides which lane
 gets a frame), so no lane can count gaps: each reports every frame it took,
 in order, and the edge process counts the ids no lane saw
-(:mod:`ptychoflow.edge.ledger`). A lane that dies is restarted on the same
+(:mod:`ptychoflow.edge.lanes.ledger`). A lane that dies is restarted on the same
 input and model; what it held is counted by the same ledger.
 """
 
@@ -39,19 +41,41 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from multiprocessing.connection import Connection
-from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from ptychoflow.edge.intake import CLOSE, Accounted, Position
-from ptychoflow.edge.lane import SLOTS, lane_main, slot_bytes, slot_views
-from ptychoflow.edge.ledger import FrameLedger
-from ptychoflow.edge.model import ModelError, resolve_model_path
+from ptychoflow.edge.channel import ChannelClosed, Pipe, Slots
+from ptychoflow.edge.infer.hotswap import WARMUP_TIMEOUT_S
+from ptychoflow.edge.infer.modelcheck import ModelError, resolve_model_path
+from ptychoflow.edge.lanes.child import SLOTS, lane_main, slot_bytes
+from ptychoflow.edge.lanes.handle import (
+    _EMPTY,
+    RESTART_AFTER_S,
+    LaneBatch,
+    LaneHandle,
+    gpus_for_lanes,
+    nothing,
+    restart_delay,
+)
+from ptychoflow.edge.lanes.ledger import FrameLedger
+from ptychoflow.edge.lanes.protocol import (
+    Account,
+    Accounted,
+    Closed,
+    Counts,
+    Enable,
+    Follow,
+    Handover,
+    Load,
+    Ready,
+    Refused,
+    Say,
+    Seen,
+    Start,
+    Stop,
+    Swapped,
+)
+from ptychoflow.edge.messages import CLOSE, ModelChanged, ModelNote, QueueItem
 from ptychoflow.edge.settings import EdgeSettings
-from ptychoflow.edge.swap import WARMUP_TIMEOUT_S, ModelNote
 from ptychoflow.ntnda import Frame
 
 log = logging.getLogger(__name__)
@@ -59,96 +83,12 @@ log = logging.getLogger(__name__)
 IDLE_SETTLE_S = 1.0
 """With no frame for this long and none in any lane, the ledger's tail is settled."""
 
-RESTART_AFTER_S = 10.0
-"""A lane that dies is restarted at once unless it had run for less than this."""
-
-RESTART_MAX_S = 300.0
-"""The longest wait before restarting a lane that keeps dying (see :func:`restart_delay`)."""
-
-
-def restart_delay(quick: int) -> float:
-    """Seconds to wait before restarting a lane that died ``quick`` times running within
-    RESTART_AFTER_S of its restart: none the first time, then 10, 20, 40 ... up to 300 s.
-
-    A lane that keeps dying has something about its input or model that kills it;
-    restarting it in a tight loop would spend the CPU the other lanes need and bury
-    the cause in messages, while giving up would leave its frames unprocessed until
-    someone restarts the edge even once the cause has gone (a GPU freed, a source fixed).
-    """
-    if quick <= 0:
-        return 0.0
-    return min(RESTART_MAX_S, RESTART_AFTER_S * 2.0 ** (quick - 1))
-
-
-_EMPTY = np.zeros((0, 0), np.uint8)
-
-
-class LaneBatch:
-    """A lane's batch as the publisher takes it: outputs read in place from the slot."""
-
-    __slots__ = ("frames", "arrivals", "positions", "lane", "_phase", "_amp", "_release")
-
-    def __init__(self, lane: int, frames: list[Frame], arrivals: list[float],
-                 positions: list[Position], phase: np.ndarray, amp: np.ndarray | None,
-                 release: Callable[[], None]) -> None:
-        self.lane = lane
-        self.frames = frames
-        self.arrivals = arrivals
-        self.positions = positions
-        self._phase, self._amp, self._release = phase, amp, release
-
-    def outputs(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(phase, amplitude or None), each (n, H, W)."""
-        return self._phase, self._amp
-
-    def release(self) -> None:
-        """Give the slot back to the lane."""
-        self._phase = self._amp = None  # type: ignore[assignment]
-        self._release()
-
-
-def _gpus_for_lanes(n: int) -> list[str]:
-    """CUDA_VISIBLE_DEVICES for each lane: the GPUs of this box in turn ("" for none)."""
-    from ptychoflow.edge.workers import gpu_count
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = ([v.strip() for v in visible.split(",") if v.strip()] if visible is not None
-           else [str(i) for i in range(gpu_count())])
-    if len(ids) < 2:
-        return [""] * n
-    return [ids[i % len(ids)] for i in range(n)]
-
-
-class _Handle:
-    """The edge process's end of one lane."""
-
-    def __init__(self, index: int, pv: str, proc: Any, conn: Connection,
-                 shms: list[SharedMemory]) -> None:
-        self.index, self.pv, self.proc, self.conn, self.shms = index, pv, proc, conn, shms
-        self.lock = threading.Lock()
-        self.counts = {"bad": 0, "dropped": 0, "received": 0}
-        self.model: ModelNote | None = None
-        self.base = {"bad": 0, "dropped": 0, "received": 0}  # counts of its earlier processes
-        self.restarted = -RESTART_AFTER_S  # time.monotonic() of the last restart
-        self.quick = 0  # deaths running within RESTART_AFTER_S of a restart
-        self.last: tuple[int, float] | None = None  # uniqueId and time stamp last published
-        self.accounted = 0  # frames this lane's process has accounted for (ledger)
-        self.closed = threading.Event()
-        self.reader: threading.Thread | None = None
-
-    def send(self, msg: tuple[Any, ...]) -> None:
-        try:
-            with self.lock:
-                self.conn.send(msg)
-        except (BrokenPipeError, OSError):
-            pass  # the lane has gone; its reader says so
-
 
 class LaneSet:
     """Runs one lane process per input PV and feeds their batches to the publisher's FIFO."""
 
     def __init__(self, settings: EdgeSettings, model_dir: Path, inputs: list[str],
-                 fifo: queue.Queue[Any], message: Callable[[str], None],
+                 fifo: queue.Queue[QueueItem], message: Callable[[str], None],
                  conf: Mapping[str, str] | None = None) -> None:
         if settings.workers > 1:
             raise ValueError(f"--workers {settings.workers} with {len(inputs)} inputs: each "
@@ -171,9 +111,9 @@ class LaneSet:
         self._model = str(resolve_model_path(settings.model, model_dir, settings.int8)) \
             if settings.model else ""
         self._conf = dict(conf) if conf is not None else None
-        self._gpus = _gpus_for_lanes(len(inputs))
-        self._retired: list[SharedMemory] = []  # slots of lanes that died, freed at close
-        self.handles: list[_Handle] = []
+        self._gpus = gpus_for_lanes(len(inputs))
+        self._retired: list[Slots] = []  # slots of lanes that died, freed at close
+        self.handles: list[LaneHandle] = []
         try:
             for i, pv in enumerate(inputs):
                 self.handles.append(self._spawn(i, pv))
@@ -185,37 +125,41 @@ class LaneSet:
         first = self.handles[0].model
         self.model = self._note(first) if first is not None else None
 
-    def _spawn(self, index: int, pv: str, model: str | None = None) -> _Handle:
+    def _spawn(self, index: int, pv: str, model: str | None = None) -> LaneHandle:
         """Start lane ``index`` on ``pv`` with fresh slots; ``model`` None: the first one."""
         ctx = mp.get_context("spawn")
-        shms = [SharedMemory(create=True, size=slot_bytes(self.settings)) for _ in range(SLOTS)]
+        slots = Slots.create(SLOTS, slot_bytes(self.settings))
         mine, theirs = ctx.Pipe()
         lane_settings = dataclasses.replace(self.settings, input=pv, workers=1,
                                             threads=self._threads,
                                             model=self._model if model is None else model)
         proc = ctx.Process(target=lane_main, name=f"edge-lane{index}", daemon=True,
                            args=(index, lane_settings, str(self.model_dir), theirs,
-                                 [s.name for s in shms], self._conf, self._gpus[index]))
+                                 slots.names, self._conf, self._gpus[index]))
         proc.start()
         theirs.close()
-        return _Handle(index, pv, proc, mine, shms)
+        return LaneHandle(index, pv, proc, Pipe(mine), slots)
 
-    def _await_ready(self, h: _Handle) -> None:
+    def _await_ready(self, h: LaneHandle) -> None:
         """The lane has loaded its model (or had none to load); ModelError if it refused."""
         deadline = time.monotonic() + WARMUP_TIMEOUT_S
-        while not h.conn.poll(0.2):
+        while not h.pipe.poll(0.2):
             if not h.proc.is_alive():
                 raise ModelError(f"lane {h.index} ({h.pv}) exited with "
                                  f"{h.proc.exitcode} while starting")
             if time.monotonic() > deadline:
                 raise ModelError(f"lane {h.index} ({h.pv}) did not start in "
                                  f"{WARMUP_TIMEOUT_S:.0f} s")
-        kind, note, error = h.conn.recv()
-        if error:
-            raise ModelError(error)
-        h.model = note
+        try:
+            ready = h.pipe.recv()
+        except ChannelClosed as exc:
+            raise ModelError(f"lane {h.index} ({h.pv}) exited while starting") from exc
+        assert isinstance(ready, Ready), ready
+        if ready.error:
+            raise ModelError(ready.error)
+        h.model = ready.model
 
-    def _restart(self, h: _Handle) -> bool:
+    def _restart(self, h: LaneHandle) -> bool:
         """Replace lane ``h``, which died, by a new process on the same input and model.
 
         Its counts carry on from the dead one's. A lane that dies again within
@@ -240,8 +184,8 @@ class LaneSet:
                          "Dropped_RBV (the edge's log says why it died)")
             if self._stopped.wait(delay):
                 return False
-        h.conn.close()
-        self._retired.extend(h.shms)
+        h.pipe.close()
+        self._retired.append(h.slots)
         # the model the other lanes serve: one swapped in while this lane was down
         note = next((x.model for x in self.handles if x is not h and x.model is not None
                      and x.proc.is_alive()), h.model)
@@ -252,12 +196,12 @@ class LaneSet:
         except (ModelError, OSError) as exc:
             self.message(f"lane {h.index} ({h.pv}) could not be restarted: {exc}")
             return False
-        h.proc, h.conn, h.shms = new.proc, new.conn, new.shms
+        h.replace(new)
         h.restarted = time.monotonic()
-        h.send(("enable", self.enabled))
+        h.send(Enable(self.enabled))
         if h.last is not None:  # the source re-sends its current frame: not twice
-            h.send(("seen", *h.last))
-        h.send(("start",))
+            h.send(Seen(*h.last))
+        h.send(Start())
         self.message(f"lane {h.index} ({h.pv}) restarted; frames it held are counted in "
                      "Dropped_RBV")
         return True
@@ -272,7 +216,7 @@ class LaneSet:
             h.reader = threading.Thread(target=self._read, args=(h,), daemon=True,
                                         name=f"edge-lane{h.index}-rx")
             h.reader.start()
-            h.send(("start",))
+            h.send(Start())
 
     # ---- commands ----------------------------------------------------------------------
     def follow(self, pvs: list[str]) -> None:
@@ -283,13 +227,13 @@ class LaneSet:
                              "naming as many PVs as it should run lanes")
         for h, pv in zip(self.handles, pvs, strict=True):
             h.pv = pv
-            h.send(("follow", pv))
+            h.send(Follow([pv]))
 
     def set_enabled(self, on: bool) -> None:
         """Edge:Enable, for every lane."""
         self.enabled = on
         for h in self.handles:
-            h.send(("enable", on))
+            h.send(Enable(on))
 
     def request(self, spec: str) -> None:
         """Edge:Model:Load: every lane loads, checks and warms up ``spec``, then swaps."""
@@ -300,7 +244,7 @@ class LaneSet:
             resolve_model_path(spec, self.model_dir, self.settings.int8)  # refuse at the put
             self._loading = {h.index for h in self.handles if h.proc.is_alive()}
         for h in self.handles:
-            h.send(("load", spec))
+            h.send(Load(spec))
 
     # ---- counters ----------------------------------------------------------------------
     @property
@@ -319,67 +263,65 @@ class LaneSet:
         return missed + sum(h.base["dropped"] + h.counts["dropped"] for h in self.handles)
 
     # ---- the readers -------------------------------------------------------------------
-    def _read(self, h: _Handle) -> None:
-        from ptychoflow.edge.scheduling import name_os_thread
+    def _read(self, h: LaneHandle) -> None:
+        from ptychoflow.edge.threads import name_os_thread
 
         name_os_thread()
         attr = self.settings.scan_id_attribute
-        views: dict[tuple[int, tuple[int, ...], bool], tuple[np.ndarray, np.ndarray | None]] = {}
         while True:
             try:
-                msg = h.conn.recv()
-            except (EOFError, OSError):
+                msg = h.pipe.recv()
+            except ChannelClosed:
                 if self._stopping:
                     break
                 h.proc.join(5)
                 log.error("lane %d (%s) exited with %s", h.index, h.pv, h.proc.exitcode)
                 self.message(f"lane {h.index} ({h.pv}) has gone (exit code "
                              f"{h.proc.exitcode}); restarting it")
-                views.clear()  # the batches already queued keep their own views
+                h.slots.forget_views()  # the batches already queued keep their own views
                 with self._lock:
                     self._loading.discard(h.index)
                 if self._restart(h):
                     continue
                 break
-            kind = msg[0]
-            if kind == "batch":
-                _, slot, meta, shape, amp_flag = msg
-                uids, stamps, keys, arrivals, positions, accounted = meta
-                if accounted:
-                    self._account(h, accounted)
-                frames = [Frame(_EMPTY, u, t, {attr: k})
-                          for u, t, k in zip(uids, stamps, keys, strict=True)]
-                if slot is None:  # inline: shape is the phase array, amp_flag the amplitude
-                    phase, amp, release = shape, amp_flag, _nothing
-                else:
-                    key = (slot, tuple(shape), bool(amp_flag))
-                    if key not in views:
-                        views[key] = slot_views(h.shms[slot].buf, tuple(shape), bool(amp_flag))
-                    phase, amp = views[key]
-                    release = _freer(h, slot, h.conn)
-                h.last = (uids[-1], stamps[-1])
-                self.fifo.put(LaneBatch(h.index, frames, arrivals, positions, phase, amp,
-                                        release))
-            elif kind == "skipped":
-                self._account(h, msg[1])
-            elif kind == "counts":
-                h.counts = msg[1]
-                self._connected(h)
-            elif kind == "msg":
-                self.message(msg[1])
-            elif kind == "model":
-                self._lane_model(h, msg[1])
-            elif kind == "refused":
-                with self._lock:
-                    self._loading.discard(h.index)
-            elif kind == "closed":
-                h.counts = msg[1]
-                break
-        views.clear()
+            match msg:
+                case Handover():
+                    self._handover(h, msg, attr)
+                case Account(frames):
+                    self._account(h, frames)
+                case Counts(counts):
+                    h.counts = counts
+                    self._connected(h)
+                case Say(text):
+                    self.message(text)
+                case Swapped(note):
+                    self._lane_model(h, note)
+                case Refused():
+                    with self._lock:
+                        self._loading.discard(h.index)
+                case Closed(counts):
+                    h.counts = counts
+                    break
+        h.slots.forget_views()
         h.closed.set()
         self._close_fifo()
 
-    def _connected(self, h: _Handle) -> None:
+    def _handover(self, h: LaneHandle, m: Handover, attr: str) -> None:
+        """A lane's batch to the publisher: its images read in place from the slot."""
+        frames = [Frame(_EMPTY, u, t, {attr: k})
+                  for u, t, k in zip(m.unique_ids, m.timestamps, m.scan_keys, strict=True)]
+        if m.slot is None:
+            assert m.inline is not None
+            (phase, amp), release = m.inline, nothing
+        else:
+            views = h.slots.arrays(m.slot, *((m.shape, m.shape) if m.amplitude
+                                             else (m.shape,)))
+            phase, amp = views[0], (views[1] if m.amplitude else None)
+            release = h.freer(m.slot)
+        h.last = (m.unique_ids[-1], m.timestamps[-1])
+        self.fifo.put(LaneBatch(h.index, frames, m.arrivals, m.positions, phase, amp, release))
+
+    def _connected(self, h: LaneHandle) -> None:
         """Say so once every lane is connected to its input (and again after a loss)."""
         with self._lock:
             every = all(x.counts.get("connected") for x in self.handles)
@@ -387,13 +329,13 @@ class LaneSet:
         if news:
             self.message(f"connected to all {len(self.handles)} inputs")
 
-    def _account(self, h: _Handle, accounted: Accounted) -> None:
+    def _account(self, h: LaneHandle, accounted: Accounted) -> None:
         with self._lock:
             self.ledger.account(h.index, accounted)
             h.accounted += len(accounted)
             self._activity = time.monotonic()
 
-    def _lane_model(self, h: _Handle, note: ModelNote) -> None:
+    def _lane_model(self, h: LaneHandle, note: ModelNote) -> None:
         """A lane swapped; once every lane serves the same model, the publisher hears of it."""
         with self._lock:
             h.model = note
@@ -401,7 +343,7 @@ class LaneSet:
             models = {x.model.path if x.model else None  # the file, wherever a lane runs it
                       for x in self.handles if x.proc.is_alive()}  # not a dead one
         if len(models) == 1:
-            self.fifo.put(self._note(note))
+            self.fifo.put(ModelChanged(self._note(note)))
 
     # ---- lifetime ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -409,7 +351,7 @@ class LaneSet:
         self._stopping = True
         self._stopped.set()
         for h in self.handles:
-            h.send(("stop",))
+            h.send(Stop())
             if not h.proc.is_alive():
                 h.closed.set()
         self._close_fifo()
@@ -437,24 +379,6 @@ class LaneSet:
             if h.proc.is_alive():
                 h.proc.terminate()
                 h.proc.join(10)
-            h.conn.close()
-        for shm in [s for h in self.handles for s in h.shms] + self._retired:
-            try:
-                shm.close()
-            except BufferError:  # a view outlived the publisher: the mapping goes at exit
-                pass
-            try:
-                shm.unlink()
-            except FileNotFoundError:
-                pass
-
-
-def _nothing() -> None:
-    return None
-
-
-def _freer(h: _Handle, slot: int, conn: Connection) -> Callable[[], None]:
-    def free() -> None:
-        if h.conn is conn:  # not to a lane started since: the slot was the dead one's
-            h.send(("free", slot))
-    return free
+            h.pipe.close()
+        for slots in [h.slots for h in self.handles] + self._retired:
+            slots.close()

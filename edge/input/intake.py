@@ -8,20 +8,23 @@ submitted inference batches:
 * the *collector* thread takes micro-batches, refuses bad frames, reads the
   scan positions, preprocesses as the model card says, submits each batch to
   the runner and puts it on ``fifo``; it picks up a hot-swapped model between
-  two batches, and puts a :class:`Swapped` note on ``fifo`` so the consumer
-  learns of it in order.
+  two batches, and puts a :class:`~ptychoflow.edge.messages.ModelChanged` note
+  on ``fifo`` so the consumer learns of it in order (the old model closes
+  itself once its last batch is published: :meth:`Served.retire`).
 
 The consumer of ``fifo`` is the edge's publisher (one intake in the edge
 process) or a lane's sender (one intake per lane process, see
-:mod:`ptychoflow.edge.lanes`). ``fifo`` is short and bounded, so a slow
-engine pushes back on the frame queue, where the drop policy lives.
+:mod:`ptychoflow.edge.lanes.child`). ``fifo`` is short and bounded, so a slow
+engine pushes back on the frame queue, where the drop policy lives. A lane
+gives its intake an observer that hears of every frame taken or dropped, in
+order, for the edge process's ledger; with one input the intake counts gaps
+in uniqueId itself.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -30,53 +33,15 @@ from typing import Any
 
 import numpy as np
 
-from ptychoflow.edge.batcher import FrameQueue
-from ptychoflow.edge.client import Incoming, InputMonitor
-from ptychoflow.edge.ledger import GapCounter
-from ptychoflow.edge.positions import PositionSource
-from ptychoflow.edge.scheduling import name_os_thread
+from ptychoflow.edge.infer.hotswap import HotSwapper, Served
+from ptychoflow.edge.input.framequeue import FrameQueue, QueueObserver
+from ptychoflow.edge.input.gaps import GapCounter
+from ptychoflow.edge.input.monitor import Incoming, InputMonitor
+from ptychoflow.edge.input.positions import PositionSource
+from ptychoflow.edge.messages import CLOSE, Every, ModelChanged, Position
 from ptychoflow.edge.settings import EdgeSettings
-from ptychoflow.edge.swap import HotSwapper, Served
+from ptychoflow.edge.threads import name_os_thread
 from ptychoflow.ntnda import Frame
-
-CLOSE = object()
-"""Put on ``fifo`` last, once every frame in hand is submitted."""
-
-Position = tuple[float, float] | None
-
-
-class Every:
-    """True at most once per ``period_s``: for messages that would otherwise come per frame."""
-
-    def __init__(self, period_s: float) -> None:
-        self.period_s = period_s
-        self._last = -period_s
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        if now - self._last < self.period_s:
-            return False
-        self._last = now
-        return True
-
-
-@dataclass
-class Swapped:
-    """The collector switched models: batches after this note come from ``new``."""
-
-    old: Served | None
-    new: Served
-
-
-Accounted = list[tuple[int, Any]]
-"""(uniqueId, scan id attribute) of frames, in the order the intake took them."""
-
-
-@dataclass
-class Skipped:
-    """Frames taken and not batched (dropped, bad, no model, disabled), for the ledger."""
-
-    accounted: Accounted
 
 
 @dataclass
@@ -89,7 +54,6 @@ class LocalBatch:
     positions: list[Position]
     served: Served
     lane: int = 0
-    accounted: Accounted | None = None  # with ``account``: every frame of the take
 
     def outputs(self) -> tuple[np.ndarray, np.ndarray | None]:
         """(phase, amplitude or None), each (n, H, W); raises what the engine raised."""
@@ -105,7 +69,8 @@ class LocalBatch:
         return phase, amp
 
     def release(self) -> None:
-        """Nothing to give back: the arrays belong to the batch."""
+        """Published: the model may retire once its last batch is out."""
+        self.served.done()
 
 
 class Intake:
@@ -113,24 +78,23 @@ class Intake:
 
     def __init__(self, settings: EdgeSettings, model_dir: Path, served: Served | None,
                  fifo: queue.Queue[Any], message: Callable[[str], None],
-                 conf: Mapping[str, str] | None = None, account: bool = False) -> None:
+                 conf: Mapping[str, str] | None = None,
+                 observer: QueueObserver[Incoming] | None = None) -> None:
         self.settings = settings
         self.served = served
+        self.model = served.note() if served is not None else None  # the first one served
         self.fifo = fifo
         self.message = message
         self.unserved = 0  # frames that arrived while no model was loaded
         self.positions = PositionSource(settings.positions)
         self.queue: FrameQueue[Incoming] = FrameQueue(settings.queue_size)
-        # account (lanes): every frame taken is reported in order (LocalBatch.accounted,
-        # Skipped), so the edge process can tell frames lost upstream
-        # (ptychoflow.edge.ledger); the lane's own ids skip the other lanes' frames, so it
-        # counts no gaps itself
-        self.account = account
-        self.queue.keep_dropped = account
+        # a lane's observer accounts for every frame, in order, for the edge process's
+        # ledger; the lane's own ids skip the other lanes' frames, so it counts no gaps
+        self.queue.observer = observer
         self.enabled = True
         self.bad = 0
         # uniqueId gaps: frames lost before they reached the edge
-        self.gaps = GapCounter(counting=not account)
+        self.gaps = GapCounter(counting=observer is None)
         self.accepted = 0  # frames put on the queue (each is then published, bad or dropped)
         self._say = Every(1.0)  # bad frames, frames without a model: a message a second
         self._stop = threading.Event()
@@ -217,10 +181,10 @@ class Intake:
         while True:
             new = self.swapper.take()
             if new is not None:
-                old = self.served
-                self.served = new
-                # the consumer closes the old model once its batches are out
-                self.fifo.put(Swapped(old, new))
+                old, self.served = self.served, new
+                if old is not None:
+                    old.retire()  # closes once its last batch is published
+                self.fifo.put(ModelChanged(new.note()))
             served = self.served
             if served is None:
                 self._idle_without_model()
@@ -229,33 +193,16 @@ class Intake:
                 continue
             max_n = served.info.batch or self.settings.batch_size
             items = self.queue.get_batch(max_n, budget, timeout=0.2)
-            acc = self._accounted(items)
             if not items:
-                if acc:
-                    self.fifo.put(Skipped(acc))
                 if self._stop.is_set():
                     break  # stopped and every frame in hand is submitted
                 continue
-            if not self.enabled:
-                if acc:
-                    self.fifo.put(Skipped(acc))
-                continue
-            if not self._submit(items, served, acc) and acc:
-                self.fifo.put(Skipped(acc))
+            if self.enabled:
+                self._submit(items, served)
         self.fifo.put(CLOSE)
 
-    def _accounted(self, items: list[Incoming]) -> Accounted | None:
-        """With ``account``: the frames dropped before this take, then the take's own."""
-        if not self.account:
-            return None
-        key = self.settings.scan_id_attribute
-        return [(it.frame.unique_id, it.frame.attributes.get(key)) if it.frame is not None
-                else (it.unique_id, None)  # 0: a frame that did not decode, id unknown
-                for it in self.queue.taken_dropped + items]
-
-    def _submit(self, items: list[Incoming], served: Served, acc: Accounted | None) -> bool:
-        """Check, preprocess and submit; ``acc`` goes with the first batch. Whether one went."""
-        submitted = False
+    def _submit(self, items: list[Incoming], served: Served) -> None:
+        """Check, preprocess and submit (frames of one shape per batch)."""
         frames, arrivals, positions = [], [], []
         for it in items:
             res = self._check(it, served)
@@ -277,24 +224,19 @@ class Intake:
                 for _ in group:
                     self.bad_frame(f"preprocessing failed: {exc}")
             else:
+                served.hold()
                 self.fifo.put(LocalBatch(served.runner.submit(x), group,
                                          [arrivals[i] for i in idx],
-                                         [positions[i] for i in idx], served,
-                                         accounted=None if submitted else acc))
-                submitted = True
+                                         [positions[i] for i in idx], served))
             taken = set(idx)
             keep = [i for i in range(len(frames)) if i not in taken]
             frames = [frames[i] for i in keep]
             arrivals = [arrivals[i] for i in keep]
             positions = [positions[i] for i in keep]
-        return submitted
 
     def _idle_without_model(self) -> None:
         """No model yet: take frames off the queue and count them, so none is lost silently."""
         items = self.queue.get_batch(self.settings.batch_size, 0.0, timeout=0.2)
-        acc = self._accounted(items)
-        if acc:
-            self.fifo.put(Skipped(acc))
         if items:
             self.unserved += len(items)
             if self._say():
@@ -314,6 +256,6 @@ class Intake:
         self.swapper.join(30)
         late = self.swapper.take()
         if late is not None:
-            late.runner.close()
+            late.close()
         if self.served is not None:
-            self.served.runner.close()
+            self.served.close()

@@ -6,6 +6,10 @@ when the edge cannot keep up it drops the *oldest* frames and counts them, so
 memory stays bounded and the newest data, what the operator is looking at,
 always gets through. The consumer takes micro-batches: up to ``max_n``
 frames, waiting at most the latency budget after the first one arrives.
+
+A :class:`QueueObserver` hears of every frame dropped and every take, in the
+stream's order (both under the queue's lock): the lanes account for every
+frame that way (:mod:`ptychoflow.edge.lanes.child`); one input needs none.
 """
 
 from __future__ import annotations
@@ -13,10 +17,23 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Sequence
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
+
+
+class QueueObserver(Protocol[T_contra]):
+    """Told of each frame dropped and each take, in order, under the queue's lock (be quick)."""
+
+    def dropped(self, item: T_contra) -> None:
+        """``item`` was dropped to make room (it is older than any frame still queued)."""
+        ...
+
+    def taken(self, items: Sequence[T_contra]) -> None:
+        """``items`` were taken for a batch (possibly none)."""
+        ...
 
 
 class FrameQueue(Generic[T]):
@@ -29,12 +46,7 @@ class FrameQueue(Generic[T]):
         self._items: deque[T] = deque()
         self._cond = threading.Condition()
         self.dropped = 0
-        self.on_drop: Callable[[T], None] | None = None
-        # with keep_dropped, the frames dropped since the last take, handed over by it
-        # (taken_dropped), so a consumer learns of them in the stream's order
-        self.keep_dropped = False
-        self._dropped_items: list[T] = []
-        self.taken_dropped: list[T] = []
+        self.observer: QueueObserver[T] | None = None
         self._closed = False
         # frames the waiting consumer needs before it is worth waking: 1 while it waits
         # for a first frame, the batch size while it gathers one (it wakes by itself at
@@ -46,18 +58,15 @@ class FrameQueue(Generic[T]):
 
     def put(self, item: T) -> None:
         """Append; when full, drop (and count) the oldest frame."""
-        dropped: T | None = None
         with self._cond:
             if len(self._items) >= self.maxsize:
                 dropped = self._items.popleft()
                 self.dropped += 1
-                if self.keep_dropped:
-                    self._dropped_items.append(dropped)
+                if self.observer is not None:
+                    self.observer.dropped(dropped)
             self._items.append(item)
             if len(self._items) >= self._want:
                 self._cond.notify()
-        if dropped is not None and self.on_drop is not None:
-            self.on_drop(dropped)
 
     def close(self) -> None:
         """Wake every waiting consumer; later takes return what is left, then nothing."""
@@ -68,16 +77,13 @@ class FrameQueue(Generic[T]):
     def get_batch(self, max_n: int, budget_s: float, timeout: float | None = None) -> list[T]:
         """Up to ``max_n`` frames: waits ``timeout`` for the first, then ``budget_s`` for more.
 
-        Returns an empty list on timeout or when closed and empty. The frames
-        dropped before it are in ``taken_dropped`` afterwards (with ``keep_dropped``):
-        all older than the frames returned, all newer than those taken before.
+        Returns an empty list on timeout or when closed and empty.
         """
         with self._cond:
             if not self._items and not self._closed:
                 self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout)
             if not self._items:
-                self.taken_dropped, self._dropped_items = self._dropped_items, []
-                return []
+                return self._taken([])
             if len(self._items) < max_n and budget_s > 0 and not self._closed:
                 deadline = time.monotonic() + budget_s
                 self._want = max_n
@@ -90,5 +96,9 @@ class FrameQueue(Generic[T]):
                 finally:
                     self._want = 1
             n = min(max_n, len(self._items))
-            self.taken_dropped, self._dropped_items = self._dropped_items, []
-            return [self._items.popleft() for _ in range(n)]
+            return self._taken([self._items.popleft() for _ in range(n)])
+
+    def _taken(self, items: list[T]) -> list[T]:
+        if self.observer is not None:
+            self.observer.taken(items)
+        return items

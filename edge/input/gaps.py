@@ -1,0 +1,48 @@
+"""Frames lost before one input: gaps in ``uniqueId``, which detectors count up by one.
+
+A detector numbers its frames 1, 2, 3 ...; a jump means frames were lost
+upstream of the edge (the source's queue for the edge overflowed, say). With
+several lanes the ids interleave, so no lane counts gaps: the edge process's
+ledger does (:mod:`ptychoflow.edge.lanes.ledger`).
+
+A frame that did not decode and whose uniqueId could not be read was still a
+frame: it holds one of the ids of the next gap, which is not counted again.
+"""
+
+from __future__ import annotations
+
+
+class GapCounter:
+    """Frames lost before one input: gaps in ``uniqueId``, which detectors count up by one."""
+
+    def __init__(self, counting: bool = True) -> None:
+        self.missed = 0
+        self.counting = counting  # off in a lane, whose ids skip the other lanes' frames
+        self.last: int | None = None
+        self.last_ts: float | None = None
+        self._unknown = 0  # frames since ``last`` whose id could not be read
+
+    def reset(self) -> None:
+        """A new source: its ids start afresh."""
+        self.last, self.last_ts, self._unknown = None, None, 0
+
+    def seen(self, uid: int, ts: float) -> None:
+        """Take frame ``uid`` as the last one, without counting anything."""
+        self.last, self.last_ts = uid, ts
+
+    def frame(self, uid: int, ts: float | None = None) -> bool:
+        """Count frame ``uid`` in (0 or less: one whose id could not be read, ``ts`` None:
+        one that did not decode). False, counting nothing, for the frame just counted
+        sent again: a reconnect re-sends the source's current value.
+        """
+        if uid <= 0:
+            self._unknown += 1  # it fills one id of the gap before the next frame
+            return True
+        last = self.last
+        if last is not None:
+            if uid == last and ts is not None and ts == self.last_ts:
+                return False
+            if self.counting and uid > last + 1:
+                self.missed += max(0, uid - last - 1 - self._unknown)
+        self.last, self.last_ts, self._unknown = uid, ts, 0
+        return True
