@@ -27,6 +27,7 @@ from ptychoflow.edge.threads import (
     set_policy,
 )
 from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
+from ptychoflow.pvnames import DETECTOR, EDGE
 
 
 class _Receiver:
@@ -149,7 +150,7 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
     logs = [tmp / "sim.log", tmp / "edge.log"]
     n = args.frames
     lanes = max(1, getattr(args, "lanes", 1))
-    inputs = " ".join(f"{p}Pva{k + 1}:Image" for k in range(lanes))
+    inputs = " ".join(DETECTOR.image(k + 1).name(p) for k in range(lanes))
 
     def policy() -> None:  # runs in the source's child process before it starts
         set_policy(args.scheduling)
@@ -181,8 +182,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
     try:
         def ready() -> bool:
             try:
-                msg = str(ctx.get(p + "Edge:Message_RBV", timeout=1.0)["value"])
-                ctx.get(p + "cam1:Acquire", timeout=1.0)
+                msg = str(ctx.get(EDGE.message.name(p), timeout=1.0)["value"])
+                ctx.get(DETECTOR.cam1_acquire.name(p), timeout=1.0)
             except Exception:
                 return False
             # with lanes, each says so as it connects; the edge once all have
@@ -193,7 +194,7 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
         # levels its own under --scheduling batch, the source and this client alike
         for pid in (procs[0].pid, None):
             level_realtime_threads(args.scheduling, pid)
-        rx = _Receiver(ctx, p + "Edge:Phase")
+        rx = _Receiver(ctx, EDGE.phase.name(p))
         time.sleep(0.5)
         rx.take()
 
@@ -207,8 +208,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             last (the source prepares a new scan before streaming; that is left out),
             and the edge's by thread name.
             """
-            ctx.put(p + "cam1:AcquireRate", float(rate), timeout=5.0)
-            ctx.put(p + "cam1:Acquire", 1, timeout=5.0)
+            ctx.put(DETECTOR.cam1_acquire_rate.name(p), float(rate), timeout=5.0)
+            ctx.put(DETECTOR.cam1_acquire.name(p), 1, timeout=5.0)
             rows: list[tuple[float, int, float]] = []
             last = [time.monotonic()]
             cpu0: dict[str, float] = {}
@@ -246,7 +247,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             spent = {k: v - threads0.get(k, 0.0) for k, v in now_threads.items()}
             threads_us = {k: round(1e6 * v / frames, 1)
                           for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
-            _wait(lambda: int(ctx.get(p + "cam1:Acquire", timeout=2.0)["value"]) == 0, 30,
+            acquire = DETECTOR.cam1_acquire.name(p)
+            _wait(lambda: int(ctx.get(acquire, timeout=2.0)["value"]) == 0, 30,
                   "end of the acquisition", logs)
             return rows, cpu_ms, threads_us
 
@@ -261,8 +263,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
         lat_rows, _, _ = one_pass(args.latency_load * fps)
         lat = np.array([(r[0] - r[2]) * 1000.0 for r in lat_rows])
         time.sleep(1.0)
-        dropped = int(ctx.get(p + "Edge:Dropped_RBV", timeout=5.0)["value"])
-        bad = int(ctx.get(p + "Edge:BadFrames_RBV", timeout=5.0)["value"])
+        dropped = int(ctx.get(EDGE.dropped.name(p), timeout=5.0)["value"])
+        bad = int(ctx.get(EDGE.bad_frames.name(p), timeout=5.0)["value"])
         return {"pipeline_fps": round(float(fps), 1),
                 "pipeline_fps_runs": [round(float(ps[0]), 1) for ps in passes],
                 "latency_p99_ms": round(float(np.percentile(lat, 99)), 2),

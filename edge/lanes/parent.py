@@ -106,6 +106,10 @@ class LaneSet:
         self._lock = threading.Lock()
         self.ledger = FrameLedger(len(inputs))
         self._activity = time.monotonic()  # when a lane last accounted for a frame
+        # every frame accounted for and nothing in flight since: the count of frames no
+        # lane saw is final until the next frame (said once in the log, for tests and
+        # for whoever reads the log after a scan)
+        self.settled = False
         self._all_connected = False
         self._threads = settings.threads or max(1, len(os.sched_getaffinity(0)) // len(inputs))
         self._model = str(resolve_model_path(settings.model, model_dir, settings.int8)) \
@@ -259,6 +263,9 @@ class LaneSet:
             idle = time.monotonic() - self._activity > IDLE_SETTLE_S
             if idle and all(h.counts["received"] <= h.accounted for h in self.handles):
                 self.ledger.settle_all()  # nothing in flight anywhere: the tail is final
+                if not self.settled:
+                    self.settled = True
+                    log.info("ledger settled: %d frame(s) no lane saw", self.ledger.missed)
             missed = self.ledger.missed
         return missed + sum(h.base["dropped"] + h.counts["dropped"] for h in self.handles)
 
@@ -334,6 +341,7 @@ class LaneSet:
             self.ledger.account(h.index, accounted)
             h.accounted += len(accounted)
             self._activity = time.monotonic()
+            self.settled = False
 
     def _lane_model(self, h: LaneHandle, note: ModelNote) -> None:
         """A lane swapped; once every lane serves the same model, the publisher hears of it."""

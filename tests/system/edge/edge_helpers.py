@@ -70,12 +70,16 @@ class Collector:
             self._ctx = Context("pva", conf=pva_conf(self.env), useenv=False, nt=False)
         return self._ctx
 
-    def watch(self, pv: str) -> None:
+    def watch(self, pv: str, timeout: float = 30.0) -> None:
+        """Subscribe to ``pv``; returns once subscribed: the first update (the PV's current
+        value, as pvAccess sends on connecting) is the signal."""
         self.got[pv] = []
+        subscribed = threading.Event()
 
         def cb(v: Any, pv: str = pv) -> None:
             if isinstance(v, Exception):
                 return
+            subscribed.set()
             f = read_frame(v)
             if f.unique_id == 0 and f.array.size <= 1:
                 return
@@ -84,6 +88,8 @@ class Collector:
 
         self.subs.append(self.ctx.monitor(pv, cb, request="record[queueSize=1000]",
                                           notify_disconnect=True))
+        if not subscribed.wait(timeout):
+            raise AssertionError(f"{pv}: no first update in {timeout} s (not subscribed)")
 
     def frames(self, pv: str) -> list[Any]:
         with self.lock:

@@ -80,6 +80,20 @@ def test_lanes_follow_a_scattered_simulator(start_server, source_env, edge_env, 
     assert edge.stop() == 0
 
 
+def _settled(edge: Any) -> int:
+    """How often the edge's ledger has settled so far (it says so in its log)."""
+    return edge.log().count("ledger settled")
+
+
+def _wait_settled(edge: Any, before: int, timeout: float = 30.0) -> None:
+    """Until the ledger settles again: every frame accounted for, nothing in flight."""
+    deadline = time.monotonic() + timeout
+    while _settled(edge) <= before:
+        assert time.monotonic() < deadline, edge.log()[-3000:]
+        time.sleep(0.1)
+    time.sleep(0.2)  # the status post that carries the settled count follows the log line
+
+
 def _stream(src: TwoPVSource, first: int, last: int, rate: float) -> threading.Thread:
     def run() -> None:
         t0 = time.monotonic()
@@ -141,17 +155,19 @@ def test_lanes_swap_models_without_loss_and_count_bad_frames(
     collector.wait_value(prefix + "Edge:Dropped_RBV", lambda v: v == 2)
     # frames discarded while disabled were seen: not counted as lost
     collector.put(prefix + "Edge:Enable", 0)
+    settled = _settled(edge)
     for uid in (n + 8, n + 9, n + 10):
         two.publish(np.full((32, 32), 1.0, np.float32), uid, {"PositionX": 0.0,
                                                               "PositionY": 0.0})
-    time.sleep(2.0)
+    _wait_settled(edge, settled)  # every frame discarded, and accounted for
     collector.put(prefix + "Edge:Enable", 1)
+    settled = _settled(edge)
     for uid in (n + 11, n + 12):
         two.publish(np.full((32, 32), 1.0, np.float32), uid, {"PositionX": 0.0,
                                                               "PositionY": 0.0})
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= n + 5)
     assert [f.unique_id for f in got[n + 3:]] in ([n + 11, n + 12], [n + 12, n + 11])
-    time.sleep(1.5)  # the ledger settles once nothing is in flight
+    _wait_settled(edge, settled)  # the ledger settles once nothing is in flight
     assert collector.get(prefix + "Edge:Dropped_RBV") == 2
     # another number of inputs than lanes is refused at the put
     with pytest.raises(Exception, match="runs 2 lanes"):
@@ -210,13 +226,13 @@ def test_a_lane_that_dies_is_restarted_and_its_losses_counted(
     while not any("restarted" in m for m in said) or said[-1] != "connected to all 2 inputs":
         assert time.monotonic() < deadline, said
         time.sleep(0.1)
+    settled = _settled(edge)
     _stream(two, 101, 120, rate=200.0).join(30)
     lost = set(range(82, 100, 2))
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 120 - len(lost))
-    time.sleep(0.5)
-    assert sorted(f.unique_id for f in got) == sorted(set(range(1, 121)) - lost)
-    collector.wait_value(prefix + "Edge:Dropped_RBV", lambda v: v == len(lost))
-    time.sleep(2.5)  # idle: the ledger settles its tail, and counts no more
+    _wait_settled(edge, settled)  # idle: the ledger settles its tail, and counts no more
+    assert sorted(f.unique_id for f in collector.frames(prefix + "Edge:Phase")) == sorted(
+        set(range(1, 121)) - lost)
     assert collector.get(prefix + "Edge:Dropped_RBV") == len(lost)
     sub.close()
     assert edge.stop() == 0

@@ -30,7 +30,6 @@ def test_predictions_carry_ids_and_stitched_map_matches_object(
                        *stitching)
     collector.watch(prefix + "Edge:Phase")
     collector.watch(prefix + "Edge:Stitched")
-    time.sleep(1.0)
     # 32x32 patches on a 5x5 grid with step 16 px, centred on the object centre
     uid, sent = 0, {}
     t0 = time.time() - 100.0
@@ -84,7 +83,6 @@ def test_bad_frames_are_counted_and_skipped(start_server, edge_env, prefix, sour
                                             collector: Collector, model_dir: Path) -> None:
     edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx")
     collector.watch(prefix + "Edge:Phase")
-    time.sleep(1.0)
     good = np.ones((32, 32), np.float32)
     nan = good.copy()
     nan[3, 4] = np.nan
@@ -131,7 +129,6 @@ def test_reconnects_after_source_restart(start_server, edge_env, prefix, source:
                                          collector: Collector, model_dir: Path) -> None:
     edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx")
     collector.watch(prefix + "Edge:Phase")
-    time.sleep(1.0)
     frame = np.ones((32, 32), np.uint16)
     for uid in range(1, 6):
         source.publish(frame, uid, _pos(uid))
@@ -164,7 +161,6 @@ def test_fixed_batch_model_without_card(start_server, edge_env, prefix, source: 
     edge = _start_edge(start_server, edge_env, prefix, source, model, "--no-stitch",
                        "--latency-budget-ms", "50", "--engine", engine, "--no-fp16")
     collector.watch(prefix + "Edge:Phase")
-    time.sleep(1.0)
     for uid in range(1, 11):  # 10 frames: batches of 4, 4 and a padded 2
         source.publish(np.full((32, 32), uid * uid, np.uint16), uid)
     got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 10)
@@ -204,7 +200,6 @@ def test_a_dead_stitching_process_is_replaced_in_process(
                        "--stitch-process")
     collector.watch(prefix + "Edge:Phase")
     collector.watch(prefix + "Edge:Stitched")
-    time.sleep(1.0)
     frame = np.ones((32, 32), np.float32)
     for uid in range(1, 6):
         source.publish(frame, uid, _pos(uid))
