@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ptychoflow.config import setting
 from ptychoflow.edge.infer.engines import ENGINES as ENGINE_REGISTRY
 from ptychoflow.edge.threads import POLICIES
-from ptychoflow.pvnames import DEFAULT_PREFIX
+from ptychoflow.pvnames import DEFAULT_PREFIX, EDGE
 
 ENGINES = ("auto", *ENGINE_REGISTRY)
 DEVICES = ("auto", "cpu", "cuda")
@@ -18,7 +18,8 @@ class EdgeSettings:
     """Everything a user sets for the edge service (defaults < ``[edge]`` in TOML < flags)."""
 
     prefix: str = setting(DEFAULT_PREFIX, "PV prefix of the edge PVs")
-    input: str = setting("", "detector NTNDArray PV to follow (also settable via Edge:Input); "
+    input: str = setting("", "detector NTNDArray PV to follow (also settable via "
+                             f"{EDGE.input.suffix}); "
                              "several, space-separated (a detector scattering its frames "
                              "over several PVs): one lane process each")
     model: str = setting("", "ONNX model to serve (model-vN.onnx, its card model-vN.json beside)")
@@ -42,8 +43,9 @@ class EdgeSettings:
     threads: int = setting(0, "intra-op threads per engine (0: all cores of this box)")
     fp16: bool = setting(True, "half precision: float16 on GPU engines (TensorRT, PyTorch on "
                                "CUDA), bfloat16 for OpenVINO on CPUs that have it")
-    stitch: bool = setting(True, "stitch predictions into Edge:Stitched (needs positions)")
-    stitch_rate_hz: float = setting(10.0, "most Edge:Stitched updates per second")
+    stitch: bool = setting(True, f"stitch predictions into {EDGE.stitched.suffix} "
+                                 "(needs positions)")
+    stitch_rate_hz: float = setting(10.0, f"most {EDGE.stitched.suffix} updates per second")
     stitch_max_size: int = setting(8192, "largest stitched map side in pixels (bounds memory)")
     stitch_process: bool = setting(False, "stitch in a process of its own, so the edge's "
                                           "Python thread never spends its turn on the map "
@@ -59,7 +61,8 @@ class EdgeSettings:
                                        "time slice instead of preempting it at every frame",
                               choices=POLICIES)
     int8: bool = setting(False, "serve model-vN-int8.onnx in place of model-vN.onnx wherever "
-                                "that copy exists (--model, Edge:Model:Load, the IOC's deploy; "
+                                f"that copy exists (--model, {EDGE.model_load.suffix}, the "
+                                "IOC's deploy; "
                                 "for CPU edges, see ptychoflow remote quantize)")
     trt_cache_dir: str = setting("", "TensorRT engine cache folder (default: <model_dir>/.trt)")
 

@@ -6,8 +6,9 @@ imported by the submodules that use them, when they are used.
 
 What lives where:
 
-- the IOC: ``server`` (records, put rules, Auto mode), ``records``, ``validate``,
-  ``access``, ``autosave``, ``watcher``, ``cli``;
+- the IOC: ``server`` (records, put rules, Auto mode), ``puts`` (put rules and
+  handlers declared on their PV), ``records``, ``validate``, ``access``, ``autosave``,
+  ``watcher``, ``cli``;
 - runs: ``stagetable`` (the one table of stages), ``statemachine``, ``orchestrator``
   (runs, overlap, lineage, abort), ``stagerun`` (one compute stage: slot, channel,
   retry), ``runstate``, ``deploy`` (register, deploy if better), ``qualitygate``,

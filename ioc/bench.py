@@ -21,7 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-HELP = "control IOC: Workflow:Start put → State_RBV monitor latency at 50 CA + 50 PVA clients"
+from ptychoflow.pvnames import CONTROL
+
+HELP = (f"control IOC: {CONTROL.workflow_start.suffix} put → State_RBV monitor latency at 50 CA "
+        "+ 50 PVA clients")
 TRANSFERRING = 1
 STAGE_S = 0.05
 
@@ -149,7 +152,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 "ioc", "--config", str(cfg), "--prefix", prefix], env=env,
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            state_pv = prefix + "Workflow:State_RBV"
+            state_pv = CONTROL.workflow_state.name(prefix)
             deadline = time.monotonic() + 60
             while True:  # a fresh client per try: one refused early would back off
                 with Context("pva", conf=pva_conf(env), useenv=False) as probe:
@@ -171,18 +174,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 assert p.stdout is not None
                 if p.stdout.readline().strip() != "ready":
                     raise RuntimeError("a bench client failed to connect")
-            ctx.put(prefix + "Scan:Path", str(scan))
+            ctx.put(CONTROL.scan_path.name(prefix), str(scan))
             put_times: list[float] = []
             for run in range(1, args.puts + 1):
                 t0 = time.time()
                 try:
-                    ctx.put(prefix + "Workflow:Start", 1)
+                    ctx.put(CONTROL.workflow_start.name(prefix), 1)
                 except Exception as exc:
-                    msg = ctx.get(prefix + "Workflow:Message_RBV").raw.value
-                    raise RuntimeError(f"Workflow:Start refused: {msg}") from exc
+                    msg = ctx.get(CONTROL.workflow_message.name(prefix)).raw.value
+                    raise RuntimeError(f"{CONTROL.workflow_start.suffix} refused: {msg}") from exc
                 put_times.append(t0)
-                while int(ctx.get(prefix + "Workflow:RunId_RBV")) < run or \
-                        int(ctx.get(prefix + "Workflow:Busy_RBV").raw.value.index) or \
+                while int(ctx.get(CONTROL.workflow_run_id.name(prefix))) < run or \
+                        int(ctx.get(CONTROL.workflow_busy.name(prefix)).raw.value.index) or \
                         int(ctx.get(state_pv).raw.value.index) < 5:
                     time.sleep(0.005)
                 time.sleep(0.02)

@@ -19,6 +19,7 @@ from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue
 from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.transfer import Transfer
 from ptychoflow.modelcard import sha256_file, version_of
+from ptychoflow.pvnames import CONTROL, EDGE
 from ptychoflow.stages import Reporter
 
 
@@ -56,7 +57,7 @@ def deploy_to_edge(edge_prefix: str, model: str, timeout: float = 10.0) -> None:
     """Ask the edge service to load ``model`` (a pvAccess put to Edge:Model:Load)."""
     from p4p.client.thread import Context
 
-    pv = f"{edge_prefix}Edge:Model:Load"
+    pv = EDGE.model_load.name(edge_prefix)
     with Context("pva") as ctx:
         try:
             ctx.put(pv, model, timeout=timeout)
@@ -105,14 +106,14 @@ class ModelKeeper:
         provenance = {"run_id": run.id, "scan": str(run.scan),
                       "params": {k: v for k, v in run.params.items() if k != "version"}}
         self.registry.add_model(version, model, digest, metrics, provenance, run.id)
-        values: dict[str, Any] = {"Model:Version_RBV": version}
+        values: dict[str, Any] = {CONTROL.model_version.suffix: version}
         ssim = quality.get("ssim") if isinstance(quality, dict) else None
         if isinstance(ssim, int | float):
-            values["Model:Quality_RBV"] = float(ssim)
+            values[CONTROL.model_quality.suffix] = float(ssim)
         self.sink.post(values)
         note = await self._deploy(run, version, model, result, transfer, edge_path)
         if self.gate.record(float(ssim) if isinstance(ssim, int | float) else None):
-            self.sink.post({"Model:TargetMet_RBV": 1})
+            self.sink.post({CONTROL.model_target_met.suffix: 1})
             note += f"; Auto: {self.gate.note()}"
         return note
 
@@ -131,7 +132,7 @@ class ModelKeeper:
             edge_path = await self._to_edge(run, model, result, transfer)
         await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix, edge_path)
         self.registry.mark_deployed(version, why)
-        self.sink.post({"Model:Deployed_RBV": version})
+        self.sink.post({CONTROL.model_deployed.suffix: version})
         return f", model v{version} deployed ({why})"
 
     async def _to_edge(self, run: ActiveRun, model: str, result: dict[str, Any],

@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ptychoflow.pvnames import EDGE, by_suffix
+from ptychoflow.pvnames import EDGE
 
 log = logging.getLogger(__name__)
 
-_EDGE = by_suffix(EDGE)
-SAMPLED = tuple(_EDGE[s] for s in ("Edge:FrameRate_RBV", "Edge:Latency_RBV",
-                                   "Edge:Dropped_RBV", "Edge:Processed_RBV"))
+SAMPLED = (EDGE.frame_rate, EDGE.latency, EDGE.dropped, EDGE.processed)
 """The edge PVs the IOC records."""
 SAMPLES_FILE = "edge-samples.jsonl"
 MAX_BYTES = 4_000_000  # about two hours of the edge's twice-a-second status per file

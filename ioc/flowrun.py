@@ -32,6 +32,7 @@ from ptychoflow.ioc.runstate import ActiveRun, until
 from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.stagetable import DEPLOYING, RECONSTRUCTING, TRAINING, TRANSFERRING
 from ptychoflow.ioc.transfer.globus import GlobusTransferSettings
+from ptychoflow.pvnames import CONTROL
 from ptychoflow.stages import Cancelled
 
 if TYPE_CHECKING:
@@ -189,9 +190,10 @@ class FlowRunner:
         """
         tcfg, ccfg = self._configured()
         if run.params.get("transfer_backend") != "Globus":
+            backend = CONTROL.transfer_backend.suffix
             raise BackendNotConfigured(
-                f"Transfer:Backend is {run.params.get('transfer_backend')}, but a Globus Flow "
-                "moves the scan and the model with Globus Transfer: set Transfer:Backend to "
+                f"{backend} is {run.params.get('transfer_backend')}, but a Globus Flow "
+                f"moves the scan and the model with Globus Transfer: set {backend} to "
                 "Globus, or via_flows = false in [compute.globus_compute]")
         body = run_input(run.scan, run.name, self.settings, tcfg,
                          f"ptychoflow run {run.id} {run.scan.name}", run.params)

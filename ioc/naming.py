@@ -1,22 +1,16 @@
-"""Python attribute names for the control PVs, shared by the ophyd and ophyd-async devices.
+"""Control PVs by device attribute name, for plans that name a setting either way.
 
-``Workflow:State_RBV`` → ``workflow_state``, ``Train:ValFraction`` →
-``train_val_fraction``: the suffix without ``_RBV``, each part in snake case,
-so a device reads like the PV table and plans can name settings either way.
+The rule (``Workflow:State_RBV`` → ``workflow_state``) is
+:func:`ptychoflow.pvnames.attr_name`, which also names the attributes of
+:data:`~ptychoflow.pvnames.CONTROL` itself, so ``CONTROL.workflow_state``, the
+devices' ``workflow.workflow_state`` and a plan's ``workflow_state=`` agree.
 """
 
 from __future__ import annotations
 
-import re
+from ptychoflow.pvnames import CONTROL, PVSpec, attr_name
 
-from ptychoflow.pvnames import CONTROL, PVSpec
-
-
-def attr_name(suffix: str) -> str:
-    """The device attribute of a control PV suffix."""
-    parts = suffix.removesuffix("_RBV").split(":")
-    return "_".join(re.sub(r"(?<!^)(?=[A-Z])", "_", p).lower() for p in parts)
-
+__all__ = ["ATTRS", "attr_name", "spec_for"]
 
 ATTRS: dict[str, PVSpec] = {attr_name(s.suffix): s for s in CONTROL}
 assert len(ATTRS) == len(CONTROL), "two control PVs map to one attribute name"

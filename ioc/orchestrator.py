@@ -43,6 +43,7 @@ from ptychoflow.ioc.stagetable import (
     STAGES,
 )
 from ptychoflow.ioc.transfer import Transfer
+from ptychoflow.pvnames import CONTROL
 from ptychoflow.stages import Cancelled, Reporter
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def progress_values(item: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     fraction = item.get("fraction")
     if isinstance(fraction, int | float):
-        out["Workflow:Progress_RBV"] = max(0.0, min(100.0, 100.0 * float(fraction)))
+        out[CONTROL.workflow_progress.suffix] = max(0.0, min(100.0, 100.0 * float(fraction)))
     stage = BY_NAME.get(str(item.get("stage")))
     for key, suffix in (stage.fields if stage else {}).items():
         v = item.get(key)
@@ -166,7 +167,7 @@ class Orchestrator:
             return
         values = progress_values(item)
         if not self._focus(run):
-            values.pop("Workflow:Progress_RBV", None)
+            values.pop(CONTROL.workflow_progress.suffix, None)
         if values:
             self.sink.post(values)
         if item.get("message"):
@@ -215,19 +216,20 @@ class Orchestrator:
         run.sm.go(state)
         self.registry.set_state(run.id, state, message)
         if self._focus(run):
-            self.sink.post({"Workflow:State_RBV": run.sm.index()})
+            self.sink.post({CONTROL.workflow_state.suffix: run.sm.index()})
         self.sink.message(message)
 
     def _enter(self, run: ActiveRun, state: str, message: str) -> None:
         """A stage's state: the state first (that is what clients wait for), then the figures."""
         self._transition(run, state, message)
         self.sink.post(RESET_ON_START if state == STAGES[0].state
-                       else {"Workflow:Progress_RBV": 0.0})
+                       else {CONTROL.workflow_progress.suffix: 0.0})
 
     def _counts(self) -> None:
         with self._lock:
             n = len(self.active)
-        self.sink.post({"Workflow:ActiveRuns_RBV": n, "Workflow:Busy_RBV": int(n > 0)})
+        self.sink.post({CONTROL.workflow_active_runs.suffix: n,
+                        CONTROL.workflow_busy.suffix: int(n > 0)})
 
     async def run(self, scan: Path, params: dict[str, Any]) -> None:
         """One run of the whole stage table on ``scan`` (a start must have been claimed)."""
@@ -239,7 +241,7 @@ class Orchestrator:
             self.active[run_id] = run
             self._lineage.append(run_id)
             self.run_id = max(self.run_id, run_id)
-        self.sink.post({"Workflow:RunId_RBV": self.run_id})
+        self.sink.post({CONTROL.workflow_run_id.suffix: self.run_id})
         self._counts()
         stage_dir: Path | None = None
         results: dict[str, Any] = {}
@@ -280,7 +282,7 @@ class Orchestrator:
                 self.registry.set_results(run.id, results)
                 final = progress_values({**result, "stage": stage.name, "fraction": 1.0})
                 if not self._focus(run):
-                    final.pop("Workflow:Progress_RBV", None)
+                    final.pop(CONTROL.workflow_progress.suffix, None)
                 self.sink.post(final)
                 if stage.makes_model:
                     note = await self.keeper.keep(run, result, transfer,

@@ -17,8 +17,8 @@ from typing import Any
 import bluesky.plan_stubs as bps
 from bluesky.utils import Msg
 
-from ptychoflow.ioc.naming import attr_name, spec_for
-from ptychoflow.pvnames import PVSpec
+from ptychoflow.ioc.naming import spec_for
+from ptychoflow.pvnames import CONTROL, PVSpec, attr_name
 
 Plan = Generator[Msg, Any, Any]
 
@@ -42,14 +42,13 @@ def _name(spec: PVSpec, value: Any) -> Any:
     return value
 
 
-def _read(workflow: Any, suffix: str) -> Plan:
-    spec = spec_for(suffix)
-    value = yield from bps.rd(getattr(workflow, attr_name(suffix)))
+def _read(workflow: Any, spec: PVSpec) -> Plan:
+    value = yield from bps.rd(getattr(workflow, attr_name(spec.suffix)))
     return _index(spec, value)
 
 
 def _message(workflow: Any) -> Plan:
-    text = yield from _read(workflow, "Workflow:Message_RBV")
+    text = yield from _read(workflow, CONTROL.workflow_message)
     return str(text)
 
 
@@ -70,7 +69,7 @@ def set_setting(workflow: Any, key: str, value: Any) -> Plan:
     except Exception as exc:
         msg = yield from _message(workflow)
         raise WorkflowError(f"{spec.suffix} = {value!r} refused: {msg or exc}") from exc
-    got = yield from _read(workflow, spec.suffix)
+    got = yield from _read(workflow, spec)
     if not _same(got, _index(spec, _name(spec, value))):
         msg = yield from _message(workflow)
         raise WorkflowError(f"{spec.suffix} = {value!r} refused: {msg}")
@@ -85,30 +84,30 @@ def process_scan(workflow: Any, path: str | PathLike[str], *, timeout: float | N
     """
     for key, value in settings.items():
         yield from set_setting(workflow, key, value)
-    yield from set_setting(workflow, "Scan:Path", str(path))
-    before = yield from _read(workflow, "Workflow:RunId_RBV")
+    start = CONTROL.workflow_start
+    yield from set_setting(workflow, CONTROL.scan_path.suffix, str(path))
+    before = yield from _read(workflow, CONTROL.workflow_run_id)
     try:
         yield from bps.mv(workflow.workflow_start, "Start")
     except Exception as exc:
         msg = yield from _message(workflow)
-        raise WorkflowError(f"Workflow:Start refused: {msg or exc}") from exc
-    run = yield from _read(workflow, "Workflow:RunId_RBV")
-    started = yield from _read(workflow, "Workflow:Start")
+        raise WorkflowError(f"{start.suffix} refused: {msg or exc}") from exc
+    run = yield from _read(workflow, CONTROL.workflow_run_id)
+    started = yield from _read(workflow, start)
     msg = yield from _message(workflow)
-    if run == before and (started == 0 or msg.startswith("Refused: Workflow:Start")):
-        raise WorkflowError(f"Workflow:Start refused: {msg}")
+    if run == before and (started == 0 or msg.startswith(f"Refused: {start.suffix}")):
+        raise WorkflowError(f"{start.suffix} refused: {msg}")
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        run = yield from _read(workflow, "Workflow:RunId_RBV")
-        busy = yield from _read(workflow, "Workflow:Busy_RBV")
+        run = yield from _read(workflow, CONTROL.workflow_run_id)
+        busy = yield from _read(workflow, CONTROL.workflow_busy)
         if run > before and busy == 0:
             break
         if deadline is not None and time.monotonic() > deadline:
             msg = yield from _message(workflow)
             raise WorkflowError(f"run did not end within {timeout} s; last message: {msg}")
         yield from bps.sleep(poll_s)
-    state = spec_for("Workflow:State_RBV").enums[(yield from _read(workflow,
-                                                                    "Workflow:State_RBV"))]
+    state = CONTROL.workflow_state.enums[(yield from _read(workflow, CONTROL.workflow_state))]
     msg = yield from _message(workflow)
     if state != "Done":
         raise WorkflowError(f"run {run} ended {state}: {msg}")

@@ -10,6 +10,8 @@ the rule is unit-tested on its own.
 
 from __future__ import annotations
 
+from ptychoflow.pvnames import CONTROL
+
 
 class QualityGate:
     """Counts consecutive runs that met the target; ``closed`` once enough did."""
@@ -54,5 +56,6 @@ class QualityGate:
     def note(self) -> str:
         """What the operator reads when the gate closes."""
         return (f"quality target {self.target:.3f} met by {self.streak} consecutive runs: Auto "
-                "stops sending scans to remote compute; put Workflow:Auto 1 or lower "
-                "Model:QualityTarget to resume")
+                "stops sending scans to remote compute; put "
+                f"{CONTROL.workflow_auto.suffix} 1 or lower "
+                f"{CONTROL.model_quality_target.suffix} to resume")

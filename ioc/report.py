@@ -36,6 +36,7 @@ from ptychoflow.ioc.reportsections import (
     run_id_of,
     when,
 )
+from ptychoflow.pvnames import CONTROL
 
 __all__ = ["HELP", "ReportError", "ReportWriter", "acquisition_window", "build_report",
            "register", "run", "run_id_of"]
@@ -138,7 +139,7 @@ class ReportWriter:
             self.sink.message(f"Report of run {run_id} failed: {type(exc).__name__}: {exc}")
             return None
         log.info("run %d report: %s", run_id, index)
-        self.sink.post({"Workflow:Report_RBV": str(index)})
+        self.sink.post({CONTROL.workflow_report.suffix: str(index)})
         return index
 
     def close(self, timeout: float = 10.0) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ptychoflow.ioc.edgerecorder import SAMPLED, Sample, SampleLog
 from ptychoflow.ioc.registry import Registry
+from ptychoflow.pvnames import EDGE, PVSpec
 
 MAX_WINDOW_S = 6 * 3600.0  # the longest acquisition window looked at without a previous scan
 EDGE_STATUS_S = 0.5  # the edge publishes its speed and counts (when changed) this often
@@ -214,14 +215,15 @@ class RunSections:
         by: dict[str, list[Sample]] = {spec.suffix: [] for spec in SAMPLED}
         for s in self.samples.read(end=end):
             by.setdefault(s.suffix, []).append(s)
-        start, rule = acquisition_window(by["Edge:Processed_RBV"], end, prev_end)
+        start, rule = acquisition_window(by[EDGE.processed.suffix], end, prev_end)
         if not any(math.isfinite(s.value) and s.t >= start - MAX_WINDOW_S
                    for v in by.values() for s in v):
             raise LookupError(f"No edge samples before {when(end)}: the IOC had no "
                               "connection to the edge's PVs during this scan")
 
-        def series(suffix: str, relative: bool = False) -> Series:
+        def series(spec: PVSpec, relative: bool = False) -> Series:
             """Seconds from the start and values; the value the PV held at the start first."""
+            suffix = spec.suffix
             held = [s for s in by[suffix] if s.t <= start and math.isfinite(s.value)][-1:]
             pts = [Sample(start, suffix, held[0].value)] if held else []
             pts += [s for s in by[suffix] if s.t > start]
@@ -233,8 +235,8 @@ class RunSections:
                 v = v - (held[0].value if held else np.nanmin(v))
             return Series(t, v)
 
-        rate, lat = series("Edge:FrameRate_RBV"), series("Edge:Latency_RBV")
-        done, dropped = series("Edge:Processed_RBV", True), series("Edge:Dropped_RBV", True)
+        rate, lat = series(EDGE.frame_rate), series(EDGE.latency)
+        done, dropped = series(EDGE.processed, True), series(EDGE.dropped, True)
         edge_figure(out, rate, lat, dropped, done, completed - start)
 
         def last(s: Series) -> int:
@@ -245,8 +247,9 @@ class RunSections:
         speed = (f", median {np.median(busy):.0f} frames/s while busy" if busy.size else "")
         lats = lat.v[np.isfinite(lat.v) & (lat.v > 0)]
         speed += f", median latency {np.median(lats):.1f} ms" if lats.size else ""
-        return out.name, (f"The edge's Edge:FrameRate_RBV, Edge:Latency_RBV, "
-                          f"Edge:Processed_RBV and Edge:Dropped_RBV as the IOC recorded them, "
+        pvs = (EDGE.frame_rate, EDGE.latency, EDGE.processed, EDGE.dropped)
+        return out.name, (f"The edge's {', '.join(s.suffix for s in pvs[:3])} and "
+                          f"{pvs[3].suffix} as the IOC recorded them, "
                           f"from {rule} ({when(start)}) to {end_rule} "
                           f"({when(completed)}, and the edge's status up to 1 s later): "
                           f"{last(done)} frames processed, {last(dropped)} dropped{speed}.")
@@ -336,4 +339,4 @@ def acquisition_window(processed: list[Sample], end: float,
     if previous_end is not None and before and t - previous_end <= EDGE_STATUS_S:
         return previous_end, "the previous scan's completion (frames were flowing already)"
     start = max(seq[rise - 1].t, t - EDGE_STATUS_S, lower)
-    return start, "when Edge:Processed_RBV started rising"
+    return start, f"when {EDGE.processed.suffix} started rising"

@@ -23,6 +23,7 @@ from ptychoflow.ioc.deploy import deploy_to_edge
 from ptychoflow.ioc.edgerecorder import SAMPLES_FILE, EdgeRecorder
 from ptychoflow.ioc.flowrun import FlowRunner
 from ptychoflow.ioc.orchestrator import Orchestrator
+from ptychoflow.ioc.puts import PutRegistry
 from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.report import ReportWriter
@@ -44,9 +45,8 @@ from ptychoflow.stages import Reporter
 
 log = logging.getLogger("ptychoflow.ioc")
 
-MOMENTARY = frozenset({"Workflow:Start", "Workflow:Abort", "Model:Deploy"})
-# Auto put again while on reopens the quality gate, so every put of it is processed
-ALWAYS_UPDATE = MOMENTARY | {"Workflow:Auto"}
+# the put rules and handlers of the control PVs, each declared on its method below
+PUTS = PutRegistry()
 
 
 class ControlIoc:
@@ -94,68 +94,79 @@ class ControlIoc:
         for suffix, value in values.items():
             self.records[suffix].set(value)
 
+    def rec(self, spec: PVSpec) -> Any:
+        """The softioc record of ``spec``."""
+        return self.records[spec.suffix]
+
     def message(self, text: str) -> None:
         """Show ``text`` in Message_RBV and the log."""
         log.info("%s", text)
         with self._msg_lock:
-            self.records["Workflow:Message_RBV"].set(text[:MESSAGE_LENGTH])
+            self.rec(CONTROL.workflow_message).set(text[:MESSAGE_LENGTH])
 
     def finished(self) -> None:
         """After a run: momentary PVs back to 0, then look for queued scans."""
         # processed (not process=False) so that monitors see the reset too; a Start that a
         # client put in the meantime already belongs to the next run and stays
         if not self.orch.busy:
-            self.records["Workflow:Start"].set(0)
-        self.records["Workflow:Abort"].set(0)
+            self.rec(CONTROL.workflow_start).set(0)
+        self.rec(CONTROL.workflow_abort).set(0)
         self._wake.set()
 
     # -- put rules (CA/PVA server threads) ----------------------------------------------
     def _validate(self, spec: PVSpec, value: Any) -> bool:
-        problem = check_value(spec, value) or self._rule(spec.suffix, value)
+        problem = check_value(spec, value) or PUTS.check(self, spec, value)
         if problem:
             self.message(f"Refused: {problem}")
             return False
         return True
 
-    def _rule(self, suffix: str, value: Any) -> str | None:
-        root = self.settings.data_path
-        if suffix == "Scan:Path":
-            return check_scan_path(value, root)
-        if suffix == "Workflow:Start":
-            if value == 0:
-                return ("Workflow:Start cannot be cleared while a run is active; "
-                        "use Workflow:Abort") if self.orch.busy else None
-            if self.orch.busy:
-                return (f"Workflow:Start: {self.orch.describe()}; wait for it to finish or "
-                        "use Workflow:Abort")
-            path = self.records["Scan:Path"].get()
-            if not path:
-                return "Workflow:Start: Scan:Path is empty; set it to a scan file first"
-            problem = check_scan_path(path, root)
-            if problem:
-                return f"Workflow:Start: {problem}"
-            if not self.orch.reserve():
-                return "Workflow:Start: a run is starting"
-            self.records["Workflow:Busy_RBV"].set(1)  # busy from the accepted put on
+    @PUTS.rule(CONTROL.scan_path)
+    def _may_set_scan_path(self, value: str) -> str | None:
+        return check_scan_path(value, self.settings.data_path)
+
+    @PUTS.rule(CONTROL.workflow_start)
+    def _may_start(self, value: int) -> str | None:
+        start, abort = CONTROL.workflow_start.suffix, CONTROL.workflow_abort.suffix
+        if value == 0:
+            return (f"{start} cannot be cleared while a run is active; use {abort}"
+                    if self.orch.busy else None)
+        if self.orch.busy:
+            return f"{start}: {self.orch.describe()}; wait for it to finish or use {abort}"
+        path = self.rec(CONTROL.scan_path).get()
+        if not path:
+            return f"{start}: {CONTROL.scan_path.suffix} is empty; set it to a scan file first"
+        problem = check_scan_path(path, self.settings.data_path)
+        if problem:
+            return f"{start}: {problem}"
+        if not self.orch.reserve():
+            return f"{start}: a run is starting"
+        self.rec(CONTROL.workflow_busy).set(1)  # busy from the accepted put on
+        return None
+
+    @PUTS.rule(CONTROL.model_deploy)
+    def _may_deploy(self, value: int) -> str | None:
+        if value == 0:
             return None
-        if suffix == "Model:Deploy" and value != 0:
-            if self.registry.model(int(value)) is None:
-                known = [m["version"] for m in self.registry.models()]
-                return f"Model:Deploy: version {value} is not registered (registered: {known})"
-            if not self.settings.edge_prefix:
-                return "Model:Deploy: no edge to deploy to; set edge_prefix in [ioc]"
+        deploy = CONTROL.model_deploy.suffix
+        if self.registry.model(int(value)) is None:
+            known = [m["version"] for m in self.registry.models()]
+            return f"{deploy}: version {value} is not registered (registered: {known})"
+        if not self.settings.edge_prefix:
+            return f"{deploy}: no edge to deploy to; set edge_prefix in [ioc]"
         return None
 
     # -- accepted puts (asyncio loop) ---------------------------------------------------
     def _params(self) -> dict[str, Any]:
-        r = self.records
+        def get(spec: PVSpec) -> Any:
+            return self.rec(spec).get()
         return {
-            "algorithm": ALGORITHMS[r["Recon:Algorithm"].get()],
-            "recon_epochs": int(r["Recon:Epochs"].get()),
-            "train_epochs": int(r["Train:Epochs"].get()),
-            "val_fraction": float(r["Train:ValFraction"].get()),
-            "transfer_backend": TRANSFER_BACKENDS[r["Transfer:Backend"].get()],
-            "compute_backend": COMPUTE_BACKENDS[r["Compute:Backend"].get()],
+            "algorithm": ALGORITHMS[get(CONTROL.recon_algorithm)],
+            "recon_epochs": int(get(CONTROL.recon_epochs)),
+            "train_epochs": int(get(CONTROL.train_epochs)),
+            "val_fraction": float(get(CONTROL.train_val_fraction)),
+            "transfer_backend": TRANSFER_BACKENDS[get(CONTROL.transfer_backend)],
+            "compute_backend": COMPUTE_BACKENDS[get(CONTROL.compute_backend)],
             "data_root": str(self.settings.data_path),
             "model_dir": str(self.work / "models"),
             "train_dir": str(self.work / "training"),
@@ -165,23 +176,27 @@ class ControlIoc:
     def _launch(self, path: str) -> None:
         self.orch.launch(resolve_scan_path(path, self.settings.data_path), self._params())
 
+    @PUTS.on_put(CONTROL.workflow_start, every_put=True)
     async def _on_start(self, value: int) -> None:
         if value == 1:
-            self._launch(self.records["Scan:Path"].get())
+            self._launch(self.rec(CONTROL.scan_path).get())
 
+    @PUTS.on_put(CONTROL.workflow_abort, every_put=True)
     async def _on_abort(self, value: int) -> None:
         if value != 1:
             return
         if not await self.orch.abort():
             self.message("Abort: no run is active")
-            self.records["Workflow:Abort"].set(0)
+            self.rec(CONTROL.workflow_abort).set(0)
 
+    # a put of On while on reopens the quality gate, so every put of it is processed
+    @PUTS.on_put(CONTROL.workflow_auto, every_put=True)
     async def _on_auto(self, value: int) -> None:
-        self.autosave.save("Workflow:Auto", value)
+        self.autosave.save(CONTROL.workflow_auto.suffix, value)
         was_on, self._auto_on = self._auto_on, bool(value)
         if value and self.gate.closed:
             self.gate.reopen()
-            self.post({"Model:TargetMet_RBV": 0})
+            self.post({CONTROL.model_target_met.suffix: 0})
             self.message("Auto: resumed sending scans to remote compute")
         elif value and not was_on:
             self.watcher.snapshot()
@@ -189,17 +204,19 @@ class ControlIoc:
         elif not value:
             dropped = len(self.watcher.pending)
             self.watcher.pending.clear()
-            self.post({"Workflow:QueuedScans_RBV": 0})
+            self.post({CONTROL.workflow_queued_scans.suffix: 0})
             self.message("Auto off" + (f"; {dropped} queued scan(s) dropped" if dropped else ""))
         self._wake.set()
 
+    @PUTS.on_put(CONTROL.model_quality_target)
     async def _on_quality_target(self, value: float) -> None:
-        self.autosave.save("Model:QualityTarget", value)
+        self.autosave.save(CONTROL.model_quality_target.suffix, value)
         if self.gate.set_target(float(value)):
-            self.post({"Model:TargetMet_RBV": 0})
+            self.post({CONTROL.model_target_met.suffix: 0})
             self.message(f"Auto: quality target lowered to {value:.3f}; resumed sending scans")
             self._wake.set()
 
+    @PUTS.on_put(CONTROL.model_deploy, every_put=True)
     async def _on_deploy(self, value: int) -> None:
         if value == 0:
             return
@@ -207,7 +224,7 @@ class ControlIoc:
         assert model is not None
         loop = asyncio.get_running_loop()
         # the model (and its card) go to the edge the way new models do: the transfer back end
-        transfer = self.transfers[TRANSFER_BACKENDS[self.records["Transfer:Backend"].get()]]
+        transfer = self.transfers[TRANSFER_BACKENDS[self.rec(CONTROL.transfer_backend).get()]]
         card = str(PurePosixPath(model["path"]).with_suffix(".json"))
         shared = transfer.compute_work == str(self.work)  # the card can be looked for here
         files = [model["path"]] + ([card] if not shared or Path(card).is_file() else [])
@@ -216,12 +233,12 @@ class ControlIoc:
                                                Reporter("export"))
             await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
                                        moved[0].path)
-            self.registry.mark_deployed(int(value), "Model:Deploy")
-            self.post({"Model:Deployed_RBV": int(value)})
+            self.registry.mark_deployed(int(value), CONTROL.model_deploy.suffix)
+            self.post({CONTROL.model_deployed.suffix: int(value)})
             self.message(f"Model v{value} deployed to {self.settings.edge_prefix}")
         except Exception as exc:
             self.message(str(exc))
-        self.records["Model:Deploy"].set(0)
+        self.rec(CONTROL.model_deploy).set(0)
 
     def _saver(self, suffix: str) -> Any:
         async def save(value: Any) -> None:
@@ -234,15 +251,15 @@ class ControlIoc:
         while True:
             await loop.run_in_executor(None, self._wake.wait, self.settings.poll_s)
             self._wake.clear()
-            if not self.records["Workflow:Auto"].get():
+            if not self.rec(CONTROL.workflow_auto).get():
                 continue
             await loop.run_in_executor(None, self.watcher.poll)
             if not self.gate.closed:
                 self._admit_queued()
-            self.post({"Workflow:QueuedScans_RBV": len(self.watcher.pending)})
+            self.post({CONTROL.workflow_queued_scans.suffix: len(self.watcher.pending)})
 
     def _admit_queued(self) -> None:
-        compute = COMPUTE_BACKENDS[self.records["Compute:Backend"].get()]
+        compute = COMPUTE_BACKENDS[self.rec(CONTROL.compute_backend).get()]
         while self.watcher.pending and self.orch.admit(compute):
             nxt = self.watcher.next()
             if nxt is None:
@@ -253,7 +270,7 @@ class ControlIoc:
                 self.orch.release()
                 self.message(f"Auto: skipped {nxt.name}: {problem}")
                 continue
-            self.records["Scan:Path"].set(str(nxt))
+            self.rec(CONTROL.scan_path).set(str(nxt))
             self.orch.launch(nxt, self._params())
 
     # -- life cycle -----------------------------------------------------------------------
@@ -261,15 +278,15 @@ class ControlIoc:
         values: dict[str, Any] = dict(self.autosave.restore())
         interrupted = self.registry.recover()
         last = self.registry.last_run()
-        values["Model:Version_RBV"] = self.registry.latest_version()
-        values["Model:Deployed_RBV"] = self.registry.deployed_version()
-        self.gate.set_target(float(values.get("Model:QualityTarget", 0.0)))
-        self._auto_on = bool(values.get("Workflow:Auto", 0))
+        values[CONTROL.model_version.suffix] = self.registry.latest_version()
+        values[CONTROL.model_deployed.suffix] = self.registry.deployed_version()
+        self.gate.set_target(float(values.get(CONTROL.model_quality_target.suffix, 0.0)))
+        self._auto_on = bool(values.get(CONTROL.workflow_auto.suffix, 0))
         if last is not None:
-            values["Workflow:RunId_RBV"] = last["id"]
+            values[CONTROL.workflow_run_id.suffix] = last["id"]
         if interrupted:
-            values["Workflow:State_RBV"] = STATES.index(FAILED)
-            values["Workflow:Message_RBV"] = (
+            values[CONTROL.workflow_state.suffix] = STATES.index(FAILED)
+            values[CONTROL.workflow_message.suffix] = (
                 f"run(s) {interrupted} interrupted: the IOC stopped while they were active")
         return values
 
@@ -279,11 +296,7 @@ class ControlIoc:
 
         dispatcher = asyncio_dispatcher.AsyncioDispatcher()
         self.loop = dispatcher.loop
-        updates: dict[str, Any] = {"Workflow:Start": self._on_start,
-                                   "Workflow:Abort": self._on_abort,
-                                   "Workflow:Auto": self._on_auto,
-                                   "Model:Deploy": self._on_deploy,
-                                   "Model:QualityTarget": self._on_quality_target}
+        updates = PUTS.handlers_of(self)
         for spec in CONTROL:
             if spec.autosave and spec.suffix not in updates:
                 updates[spec.suffix] = self._saver(spec.suffix)
@@ -298,7 +311,7 @@ class ControlIoc:
                 self.edge_samples.start()
             except Exception as exc:  # reports then lack the edge figure; the IOC serves on
                 self.message(f"Not recording the edge's speed for reports: {exc}")
-        if self.records["Workflow:Auto"].get():
+        if self.rec(CONTROL.workflow_auto).get():
             self.watcher.snapshot()
         self._auto_task = asyncio.run_coroutine_threadsafe(self._auto_loop(), self.loop)
         self.loop.call_soon_threadsafe(self._warm)
@@ -307,7 +320,7 @@ class ControlIoc:
         from ptychoflow.ioc.records import create_records
 
         return create_records(self.settings.prefix, self._initial(), self._validate, updates,
-                              always_update=ALWAYS_UPDATE)
+                              always_update=frozenset(PUTS.every_put))
 
     def _warm(self) -> None:
         """Start the configured compute back ends now, so the first run starts quickly."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from ptychoflow.config import ConfigError, setting
 from ptychoflow.ioc.stagetable import COMPUTE_STAGES
-from ptychoflow.pvnames import DEFAULT_PREFIX
+from ptychoflow.pvnames import CONTROL, DEFAULT_PREFIX
 from ptychoflow.stages import StageFn
 
 DEFAULT_STAGES = {name: f"ptychoflow.remote.stages:{name}" for name in COMPUTE_STAGES}
@@ -41,7 +41,8 @@ class IocSettings:
     max_concurrent_stages: int = setting(0, "compute stages of overlapping runs at once, and "
                                             "runs Auto keeps in flight (0: the compute back "
                                             "end's workers)")
-    quality_runs: int = setting(3, "consecutive runs meeting Model:QualityTarget that stop "
+    quality_runs: int = setting(3, "consecutive runs meeting "
+                                   f"{CONTROL.model_quality_target.suffix} that stop "
                                    "Auto sending scans to remote compute")
     stages: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_STAGES),
                                    metadata={"cli": False, "help": "stage functions"})
@@ -55,7 +56,8 @@ class IocSettings:
             raise ConfigError("max_concurrent_stages must be >= 0 and quality_runs >= 1")
         if "transfer" in self.stages:
             raise ConfigError("[ioc.stages] transfer: the transfer is no longer a compute stage; "
-                              "the IOC does it through Transfer:Backend (configure "
+                              "the IOC does it through "
+                              f"{CONTROL.transfer_backend.suffix} (configure "
                               "[transfer.local] or [transfer.globus]); remove the key")
         unknown = set(self.stages) - set(COMPUTE_STAGES)
         if unknown:

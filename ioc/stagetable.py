@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ptychoflow.pvnames import STATES
+from ptychoflow.pvnames import CONTROL, STATES
 
 IDLE, TRANSFERRING, RECONSTRUCTING, TRAINING, DEPLOYING, DONE, FAILED, ABORTED = STATES
 
@@ -38,16 +38,19 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("transfer", TRANSFERRING, {"rate_mb_s": "Transfer:Rate_RBV"}, runs_on="transfer"),
-    Stage("reconstruct", RECONSTRUCTING, {"epoch": "Recon:Epoch_RBV", "error": "Recon:Error_RBV"}),
-    Stage("train", TRAINING, {"epoch": "Train:Epoch_RBV", "loss": "Train:Loss_RBV",
-                              "val_loss": "Train:ValLoss_RBV",
-                              "best_val_loss": "Train:BestValLoss_RBV"},
+    Stage("transfer", TRANSFERRING, {"rate_mb_s": CONTROL.transfer_rate.suffix},
+          runs_on="transfer"),
+    Stage("reconstruct", RECONSTRUCTING, {"epoch": CONTROL.recon_epoch.suffix,
+                                          "error": CONTROL.recon_error.suffix}),
+    Stage("train", TRAINING, {"epoch": CONTROL.train_epoch.suffix,
+                              "loss": CONTROL.train_loss.suffix,
+                              "val_loss": CONTROL.train_val_loss.suffix,
+                              "best_val_loss": CONTROL.train_best_val_loss.suffix},
           lineage=True, retry_safe=False),
     Stage("export", DEPLOYING, lineage=True, makes_model=True, retry_safe=False),
 )
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 COMPUTE_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.runs_on == "compute")
 RESET_ON_START: dict[str, float | int] = {
-    "Workflow:Progress_RBV": 0.0, "Transfer:Rate_RBV": 0.0,
+    CONTROL.workflow_progress.suffix: 0.0, CONTROL.transfer_rate.suffix: 0.0,
     **{suffix: 0 for s in STAGES for suffix in s.fields.values()}}

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ptychoflow.pvnames import PVSpec
+from ptychoflow.pvnames import CONTROL, PVSpec
 
 
 def check_value(spec: PVSpec, value: Any) -> str | None:
@@ -56,6 +56,7 @@ def check_scan_path(path: str, data_root: Path) -> str | None:
     """
     if path == "":
         return None
+    name = CONTROL.scan_path.suffix
     hint = f"; set data_root in the [ioc] configuration or --data-root (now {data_root})"
     candidate = Path(path)
     if not candidate.is_absolute():
@@ -63,14 +64,14 @@ def check_scan_path(path: str, data_root: Path) -> str | None:
     try:
         real = Path(os.path.realpath(candidate))
     except (OSError, ValueError) as exc:
-        return f"Scan:Path {path!r} cannot be resolved: {exc}"
+        return f"{name} {path!r} cannot be resolved: {exc}"
     root = Path(os.path.realpath(data_root))
     if not real.is_relative_to(root):
-        return f"Scan:Path {path} is outside the data root {root}{hint}"
+        return f"{name} {path} is outside the data root {root}{hint}"
     if path.endswith(".part"):
-        return f"Scan:Path {path} is still being written (.part); wait until it is renamed"
+        return f"{name} {path} is still being written (.part); wait until it is renamed"
     if not real.is_file():
-        return f"Scan:Path {path} does not exist or is not a file"
+        return f"{name} {path} does not exist or is not a file"
     return None
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ptychoflow.config import add_arguments, resolve, setting
-from ptychoflow.pvnames import DEFAULT_PREFIX, STATES
+from ptychoflow.epicsenv import servers_network
+from ptychoflow.pvnames import CONTROL, DEFAULT_PREFIX, DETECTOR, EDGE, STATES, PVSpec
 
 HELP = "end-to-end demo on this machine: simulator, edge, IOC, rPIE and continuous training"
 
@@ -59,25 +60,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     """Flags for every :class:`DemoSettings` field."""
     add_arguments(parser, DemoSettings)
     parser.set_defaults(func=run)
-
-
-def demo_network() -> dict[str, dict[str, str]]:
-    """One loopback EPICS network for the demo: a PVA port per server, all of them name servers.
-
-    Several PVA servers on one host cannot share a UDP search port reliably (a
-    unicast search reaches only one socket), so every server gets its own TCP
-    port and every client searches all of them directly (EPICS_PVA_NAME_SERVERS).
-    """
-    from ptychoflow.epicsenv import free_port, isolated_env
-
-    base = isolated_env()
-    ports = {name: free_port() for name in ("sim", "ioc", "edge")}
-    base["EPICS_PVA_NAME_SERVERS"] = " ".join(f"127.0.0.1:{p}" for p in ports.values())
-    envs = {}
-    for name, port in ports.items():
-        envs[name] = dict(base, EPICS_PVA_SERVER_PORT=str(port))
-    envs["client"] = dict(base, EPICS_PVA_SERVER_PORT=str(ports["ioc"]))
-    return envs
 
 
 class Processes:
@@ -143,7 +125,7 @@ class Demo:
         self.logs = self.root / "logs"
         for d in (self.scans_dir, self.work, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        self.envs = demo_network()
+        self.envs = servers_network(("sim", "ioc", "edge"), client="ioc")
         self.env = self.envs["client"]
         self.p = DEFAULT_PREFIX
         self.procs = Processes(self.envs, self.logs)
@@ -153,14 +135,18 @@ class Demo:
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f} s] {text}", flush=True)
 
-    def get(self, suffix: str, timeout: float = 5.0) -> Any:
-        return _value(self.ctx.get(self.p + suffix, timeout=timeout))
+    def pv(self, spec: PVSpec) -> str:
+        """The PV's name under the demo's prefix."""
+        return spec.name(self.p)
 
-    def put(self, suffix: str, value: Any) -> None:
-        self.ctx.put(self.p + suffix, value, timeout=10.0)
+    def get(self, spec: PVSpec, timeout: float = 5.0) -> Any:
+        return _value(self.ctx.get(self.pv(spec), timeout=timeout))
 
-    def wait_pv(self, server: str, suffix: str, timeout: float = 60.0) -> None:
-        """Wait for ``server`` to serve ``suffix``.
+    def put(self, spec: PVSpec, value: Any) -> None:
+        self.ctx.put(self.pv(spec), value, timeout=10.0)
+
+    def wait_pv(self, server: str, spec: PVSpec, timeout: float = 60.0) -> None:
+        """Wait for ``server`` to serve ``spec``.
 
         The client is made once the server's port accepts connections, and asks that
         server alone: a name server not listening yet makes pvxs print a "Connection
@@ -186,11 +172,11 @@ class Demo:
                 continue
             with Context("pva", conf=conf, useenv=False) as ctx:
                 try:
-                    ctx.get(self.p + suffix, timeout=1.0)
+                    ctx.get(self.pv(spec), timeout=1.0)
                     return
                 except Exception:  # noqa: BLE001 - not serving it yet
                     time.sleep(0.3)
-        raise RuntimeError(f"{self.p}{suffix} did not answer within {timeout} s")
+        raise RuntimeError(f"{self.pv(spec)} did not answer within {timeout} s")
 
     def start_services(self) -> None:
         from p4p.client.thread import Context
@@ -200,16 +186,17 @@ class Demo:
         self.procs.start("sim", [
             "sim", "--prefix", self.p, "--frames", str(self.s.frames), "--size", str(self.s.size),
             "--rate", str(self.s.rate), "--out", str(self.scans_dir), "--wait", "--serve"])
-        self.wait_pv("sim", "cam1:Acquire", timeout=120)
-        self.say(f"detector simulator up: {self.p}Pva1:Image, {self.s.frames} frames of "
+        self.wait_pv("sim", DETECTOR.cam1_acquire, timeout=120)
+        image = self.pv(DETECTOR.pva1_image)
+        self.say(f"detector simulator up: {image}, {self.s.frames} frames of "
                  f"{self.s.size}x{self.s.size} at {self.s.rate:g} Hz per scan")
         # the edge first: the IOC records its rates for the run reports from its start on
         models = self.work / "models"
         models.mkdir(parents=True, exist_ok=True)
-        self.procs.start("edge", ["edge", "--prefix", self.p, "--input", self.p + "Pva1:Image",
+        self.procs.start("edge", ["edge", "--prefix", self.p, "--input", image,
                                   "--model-dir", str(models)]
                          + (["--int8"] if self.s.int8 else []))
-        self.wait_pv("edge", "Edge:Processed_RBV", timeout=120)
+        self.wait_pv("edge", EDGE.processed, timeout=120)
         cfg = self.root / "ptychoflow.toml"
         cfg.write_text(
             f'[ioc]\nprefix = "{self.p}"\ndata_root = "{self.scans_dir}"\n'
@@ -218,91 +205,93 @@ class Demo:
             + ('[compute.parsl]\nprovider = "local"\nworkers = 2\n'
                if self.s.compute == "Parsl" else ""))
         self.procs.start("ioc", ["--config", str(cfg), "ioc"])
-        self.wait_pv("ioc", "Workflow:State_RBV", timeout=120)
+        self.wait_pv("ioc", CONTROL.workflow_state, timeout=120)
         self.say(f"IOC up: {self.p}Workflow:* over CA and PVA")
         self.ctx = Context("pva", conf=pva_conf(self.env), useenv=False)
         end = time.monotonic() + 60
-        while not str(self.get("Edge:Message_RBV")).startswith("connected"):
+        while not str(self.get(EDGE.message)).startswith("connected"):
             if time.monotonic() > end:
                 raise RuntimeError("the edge did not connect to the detector: "
-                                   f"{self.get('Edge:Message_RBV')}")
+                                   f"{self.get(EDGE.message)}")
             time.sleep(0.2)
-        self.say(f"edge up: following {self.p}Pva1:Image, publishing {self.p}Edge:Phase and "
-                 f"{self.p}Edge:Stitched")
-        self.put("Recon:Epochs", self.s.recon_epochs)
-        self.put("Train:Epochs", self.s.train_epochs)
-        self.put("Compute:Backend", self.s.compute)
-        self.put("Workflow:Auto", 1)
-        self.say(f"Workflow:Auto = On: every complete scan file in {self.scans_dir} starts a run")
+        self.say(f"edge up: following {image}, publishing {self.pv(EDGE.phase)} and "
+                 f"{self.pv(EDGE.stitched)}")
+        self.put(CONTROL.recon_epochs, self.s.recon_epochs)
+        self.put(CONTROL.train_epochs, self.s.train_epochs)
+        self.put(CONTROL.compute_backend, self.s.compute)
+        self.put(CONTROL.workflow_auto, 1)
+        self.say(f"{CONTROL.workflow_auto.suffix} = On: every complete scan file in "
+                 f"{self.scans_dir} starts a run")
 
     def acquire(self, k: int) -> None:
-        before = self.get("Edge:Processed_RBV")
-        dropped_before = self.get("Edge:Dropped_RBV")
-        version = self.get("Edge:Model:Version_RBV")
-        self.put("cam1:Acquire", 1)
-        self.say(f"scan {k}: cam1:Acquire = 1, the detector streams a new region of the sample")
+        before = self.get(EDGE.processed)
+        dropped_before = self.get(EDGE.dropped)
+        version = self.get(EDGE.model_version)
+        self.put(DETECTOR.cam1_acquire, 1)
+        self.say(f"scan {k}: {DETECTOR.cam1_acquire.suffix} = 1, the detector streams a new "
+                 "region of the sample")
         rates, latencies = [], []
         time.sleep(0.5)
-        while self.get("cam1:Acquire"):  # what an operator's screen shows while the scan runs
-            rate = float(self.get("Edge:FrameRate_RBV"))
+        while self.get(DETECTOR.cam1_acquire):  # what an operator's screen shows meanwhile
+            rate = float(self.get(EDGE.frame_rate))
             if rate > 0:
                 rates.append(rate)
-                latencies.append(float(self.get("Edge:Latency_RBV")))
+                latencies.append(float(self.get(EDGE.latency)))
             self.procs.check()
             time.sleep(0.5)
         time.sleep(1.5)  # the edge's status PVs update once a second
-        done = self.get("Edge:Processed_RBV") - before
-        dropped = self.get("Edge:Dropped_RBV") - dropped_before
-        name = Path(str(self.get("HDF1:FullFileName_RBV"))).name
+        done = self.get(EDGE.processed) - before
+        dropped = self.get(EDGE.dropped) - dropped_before
+        name = Path(str(self.get(DETECTOR.hdf1_full_file_name))).name
         if version == 0:
             self.say(f"scan {k}: saved as {name}; the edge has no model yet, so its {dropped} "
-                     "frames are counted in Edge:Dropped_RBV")
+                     f"frames are counted in {EDGE.dropped.suffix}")
             return
         speed = (f", {max(rates):.0f} frames/s, latency (frame in to phase out) "
                  f"{max(latencies):.1f} ms in its slowest second" if rates else "")
         self.say(f"scan {k}: saved as {name}; edge processed {done} frames with model "
-                 f"v{version}, dropped {dropped}, bad {self.get('Edge:BadFrames_RBV')}{speed}")
+                 f"v{version}, dropped {dropped}, bad {self.get(EDGE.bad_frames)}{speed}")
 
     def follow_run(self, previous_run: int) -> dict[str, Any]:
         """Print the run's states and progress until it ends; return its summary."""
         end = time.monotonic() + self.s.timeout
-        while self.get("Workflow:RunId_RBV") == previous_run:
+        while self.get(CONTROL.workflow_run_id) == previous_run:
             if time.monotonic() > end:
                 raise RuntimeError("the IOC did not start a run for the new scan")
             self.procs.check()
             time.sleep(0.2)
-        run_id = self.get("Workflow:RunId_RBV")
+        run_id = self.get(CONTROL.workflow_run_id)
         last_state, last_pct = "", -10.0
         while True:
             self.procs.check()
-            state = STATES[int(self.get("Workflow:State_RBV"))]
-            pct = float(self.get("Workflow:Progress_RBV"))
+            state = STATES[int(self.get(CONTROL.workflow_state))]
+            pct = float(self.get(CONTROL.workflow_progress))
             if state != last_state or pct >= last_pct + 25:
                 extra = ""
                 if state == "Reconstructing":
-                    extra = (f" epoch {self.get('Recon:Epoch_RBV')}, error "
-                             f"{self.get('Recon:Error_RBV'):.4g}")
+                    extra = (f" epoch {self.get(CONTROL.recon_epoch)}, error "
+                             f"{self.get(CONTROL.recon_error):.4g}")
                 elif state == "Training":
-                    extra = (f" epoch {self.get('Train:Epoch_RBV')}, val loss "
-                             f"{self.get('Train:ValLoss_RBV'):.4g}")
+                    extra = (f" epoch {self.get(CONTROL.train_epoch)}, val loss "
+                             f"{self.get(CONTROL.train_val_loss):.4g}")
                 self.say(f"run {run_id}: {state} {pct:3.0f} %{extra}")
                 last_state, last_pct = state, pct
-            if state in ("Done", "Failed", "Aborted") and not self.get("Workflow:Busy_RBV"):
+            if state in ("Done", "Failed", "Aborted") and not self.get(CONTROL.workflow_busy):
                 break
             if time.monotonic() > end:
                 raise RuntimeError(f"run {run_id} did not finish in {self.s.timeout} s")
             time.sleep(0.5)
-        summary = {"run": run_id, "state": state, "message": self.get("Workflow:Message_RBV"),
-                   "model_version": self.get("Model:Version_RBV"),
-                   "best_val_loss": round(float(self.get("Train:BestValLoss_RBV")), 5),
-                   "quality_ssim": round(float(self.get("Model:Quality_RBV")), 3)}
+        summary = {"run": run_id, "state": state, "message": self.get(CONTROL.workflow_message),
+                   "model_version": self.get(CONTROL.model_version),
+                   "best_val_loss": round(float(self.get(CONTROL.train_best_val_loss)), 5),
+                   "quality_ssim": round(float(self.get(CONTROL.model_quality)), 3)}
         self.say(f"run {run_id}: {summary['message']} (SSIM of the network against rPIE "
                  f"{summary['quality_ssim']}, best validation loss {summary['best_val_loss']})")
         # the IOC writes the run's report just after the run ends
-        while (state == "Done" and f"run-{run_id:05d}" not in self.get("Workflow:Report_RBV")
+        while (state == "Done" and f"run-{run_id:05d}" not in self.get(CONTROL.workflow_report)
                and time.monotonic() < end):
             time.sleep(0.2)
-        summary["report"] = self.get("Workflow:Report_RBV")
+        summary["report"] = self.get(CONTROL.workflow_report)
         self.say(f"run {run_id}: report {summary['report'] or '(none)'}")
         if state != "Done":
             raise RuntimeError(f"run {run_id} ended {state}: {summary['message']}")
@@ -310,10 +299,10 @@ class Demo:
 
     def wait_for_model(self, version: int, timeout: float = 60.0) -> None:
         end = time.monotonic() + timeout
-        while self.get("Edge:Model:Version_RBV") != version:
+        while self.get(EDGE.model_version) != version:
             if time.monotonic() > end:
                 raise RuntimeError(f"the edge did not load model v{version}: "
-                                   f"{self.get('Edge:Message_RBV')}")
+                                   f"{self.get(EDGE.message)}")
             time.sleep(0.2)
         # the file the edge chose for that version (its own rule: the int8 copy under --int8)
         from ptychoflow.edge.infer.modelcheck import resolve_model_path
@@ -330,7 +319,7 @@ class Demo:
             from PIL import Image
         except ModuleNotFoundError:
             return None
-        raw = self.ctx.get(self.p + "Edge:Stitched").raw
+        raw = self.ctx.get(self.pv(EDGE.stitched)).raw
         img = read_frame(raw).array.astype(np.float64)
         if img.size == 0 or not np.isfinite(img).any():
             return None
@@ -356,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         demo.start_services()
         for k in range(1, s.scans + 1):
-            previous = demo.get("Workflow:RunId_RBV")
+            previous = demo.get(CONTROL.workflow_run_id)
             demo.acquire(k)
             summary = demo.follow_run(previous)
             runs.append(summary)
@@ -394,7 +383,8 @@ def keep_running(demo: Demo, exports: str) -> None:
              f"  export {exports}\n"
              f"  ptychoflow gui --prefix {p}        # the PyDM screens (workflow and edge)\n"
              f"  ptychoflow status --prefix {p}     # the same in the terminal\n"
-             f"  pvput {p}cam1:Acquire 1            # acquire another scan (Auto runs it)\n"
+             f"  pvput {DETECTOR.cam1_acquire.name(p)} 1            # acquire another scan "
+             "(Auto runs it)\n"
              "Ctrl-C stops the demo")
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

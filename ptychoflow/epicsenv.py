@@ -13,7 +13,7 @@ import os
 import secrets
 import socket
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 PVA_KEYS = ("EPICS_PVA_ADDR_LIST", "EPICS_PVA_AUTO_ADDR_LIST", "EPICS_PVA_SERVER_PORT",
             "EPICS_PVA_BROADCAST_PORT", "EPICS_PVA_NAME_SERVERS", "EPICS_PVAS_INTF_ADDR_LIST",
@@ -55,6 +55,23 @@ def isolated_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
         "EPICS_PVA_NAME_SERVERS": f"127.0.0.1:{pva}",
     })
     return env
+
+
+def servers_network(servers: Sequence[str], client: str) -> dict[str, dict[str, str]]:
+    """One loopback EPICS network for several servers: a PVA port each, all of them name servers.
+
+    Several PVA servers on one host cannot share a UDP search port reliably (a
+    unicast search reaches only one socket), so every server gets its own TCP
+    port and every client searches all of them directly (EPICS_PVA_NAME_SERVERS).
+    Returns each server's environment by name, and under ``"client"`` the one
+    for clients (whose server port is ``client``'s).
+    """
+    base = isolated_env()
+    ports = {name: free_port() for name in servers}
+    base["EPICS_PVA_NAME_SERVERS"] = " ".join(f"127.0.0.1:{p}" for p in ports.values())
+    envs = {name: dict(base, EPICS_PVA_SERVER_PORT=str(port)) for name, port in ports.items()}
+    envs["client"] = dict(base, EPICS_PVA_SERVER_PORT=str(ports[client]))
+    return envs
 
 
 def pva_conf(env: Mapping[str, str] | None = None) -> dict[str, str]:

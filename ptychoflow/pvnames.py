@@ -9,7 +9,8 @@ Each table is a tuple of :class:`PVSpec` (code that serves or lists every PV
 iterates it) whose PVs are also typed attributes, so code that means one PV
 names it, ``CONTROL.scan_path.name(prefix)``, and a type checker, not a typo
 found at run time, tells when it is gone. The attribute is the suffix in snake
-case without ``_RBV`` (:func:`attr_name`), which the ophyd devices use as well.
+case without ``_RBV`` (:func:`attr_name`); the ophyd and ophyd-async devices
+name their fields the same way.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ptychoflow.config import add_arguments, resolve, setting
-from ptychoflow.pvnames import CONTROL, DEFAULT_PREFIX, EDGE, PVSpec, by_suffix
+from ptychoflow.pvnames import CONTROL, DEFAULT_PREFIX, EDGE, PVSpec
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -27,43 +27,41 @@ if TYPE_CHECKING:
 
 HELP = "live status in the terminal: workflow, models, settings and the edge (pvAccess)"
 
-_C, _E = by_suffix(CONTROL), by_suffix(EDGE)
-
-STATE, PROGRESS, MESSAGE = (_C[s] for s in ("Workflow:State_RBV", "Workflow:Progress_RBV",
-                                            "Workflow:Message_RBV"))
-RUN_ID, ACTIVE, QUEUED = (_C[s] for s in ("Workflow:RunId_RBV", "Workflow:ActiveRuns_RBV",
-                                          "Workflow:QueuedScans_RBV"))
-AUTO, TARGET, TARGET_MET = (_C[s] for s in ("Workflow:Auto", "Model:QualityTarget",
-                                            "Model:TargetMet_RBV"))
+STATE, PROGRESS, MESSAGE = (CONTROL.workflow_state, CONTROL.workflow_progress,
+                            CONTROL.workflow_message)
+RUN_ID, ACTIVE, QUEUED = (CONTROL.workflow_run_id, CONTROL.workflow_active_runs,
+                          CONTROL.workflow_queued_scans)
+AUTO, TARGET, TARGET_MET = (CONTROL.workflow_auto, CONTROL.model_quality_target,
+                            CONTROL.model_target_met)
 MODELS: tuple[tuple[str, PVSpec], ...] = (
-    ("Newest registered", _C["Model:Version_RBV"]),
-    ("Deployed", _C["Model:Deployed_RBV"]),
-    ("Quality (SSIM)", _C["Model:Quality_RBV"]),
+    ("Newest registered", CONTROL.model_version),
+    ("Deployed", CONTROL.model_deployed),
+    ("Quality (SSIM)", CONTROL.model_quality),
 )
 SETTINGS: tuple[tuple[str, PVSpec], ...] = (
-    ("Transfer", _C["Transfer:Backend"]),
-    ("Compute", _C["Compute:Backend"]),
-    ("Algorithm", _C["Recon:Algorithm"]),
-    ("Recon epochs", _C["Recon:Epochs"]),
-    ("Train epochs", _C["Train:Epochs"]),
+    ("Transfer", CONTROL.transfer_backend),
+    ("Compute", CONTROL.compute_backend),
+    ("Algorithm", CONTROL.recon_algorithm),
+    ("Recon epochs", CONTROL.recon_epochs),
+    ("Train epochs", CONTROL.train_epochs),
 )
 EDGE_ROWS: tuple[tuple[str, PVSpec], ...] = (
-    ("Frame rate", _E["Edge:FrameRate_RBV"]),
-    ("Latency", _E["Edge:Latency_RBV"]),
-    ("Processed", _E["Edge:Processed_RBV"]),
-    ("Dropped", _E["Edge:Dropped_RBV"]),
-    ("Bad frames", _E["Edge:BadFrames_RBV"]),
-    ("Model version", _E["Edge:Model:Version_RBV"]),
+    ("Frame rate", EDGE.frame_rate),
+    ("Latency", EDGE.latency),
+    ("Processed", EDGE.processed),
+    ("Dropped", EDGE.dropped),
+    ("Bad frames", EDGE.bad_frames),
+    ("Model version", EDGE.model_version),
 )
-EDGE_MESSAGE = _E["Edge:Message_RBV"]
+EDGE_MESSAGE = EDGE.message
 
 #: What the view follows on the IOC and on the edge.
 CONTROL_VIEW: tuple[PVSpec, ...] = (STATE, PROGRESS, MESSAGE, RUN_ID, ACTIVE, QUEUED, AUTO,
                                      TARGET, TARGET_MET, *(s for _, s in MODELS + SETTINGS))
 EDGE_VIEW: tuple[PVSpec, ...] = (*(s for _, s in EDGE_ROWS), EDGE_MESSAGE)
 
-VERSIONS = {_C["Model:Version_RBV"].suffix, _C["Model:Deployed_RBV"].suffix,
-            _E["Edge:Model:Version_RBV"].suffix}
+VERSIONS = {CONTROL.model_version.suffix, CONTROL.model_deployed.suffix,
+            EDGE.model_version.suffix}
 STATE_STYLE = {"Idle": "bold", "Done": "bold green", "Failed": "bold red",
                "Aborted": "bold magenta"}  # the busy states: yellow
 PLAIN_WIDTH = 100  # columns of a frame written to a file or a pipe

@@ -59,8 +59,10 @@ from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.threads import POLICIES
 from ptychoflow.int8 import quantize_int8
 from ptychoflow.preprocess import Preprocess
+from ptychoflow.pvnames import EDGE
 
-HELP = "edge: engine, pipeline (PVA in -> Edge:Phase out) and PyTorch baseline frames/s"
+HELP = (f"edge: engine, pipeline (PVA in -> {EDGE.phase.suffix} out), PyTorch baseline and "
+        "pvapy peer frames/s")
 
 
 

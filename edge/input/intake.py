@@ -42,6 +42,7 @@ from ptychoflow.edge.messages import CLOSE, Every, ModelChanged, Position
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.edge.threads import name_os_thread
 from ptychoflow.ntnda import Frame
+from ptychoflow.pvnames import EDGE
 
 
 @dataclass
@@ -79,7 +80,8 @@ class Intake:
     def __init__(self, settings: EdgeSettings, model_dir: Path, served: Served | None,
                  fifo: queue.Queue[Any], message: Callable[[str], None],
                  conf: Mapping[str, str] | None = None,
-                 observer: QueueObserver[Incoming] | None = None) -> None:
+                 observer: QueueObserver[Incoming] | None = None,
+                 on_refused: Callable[[str, str], None] | None = None) -> None:
         self.settings = settings
         self.served = served
         self.model = served.note() if served is not None else None  # the first one served
@@ -98,7 +100,7 @@ class Intake:
         self.accepted = 0  # frames put on the queue (each is then published, bad or dropped)
         self._say = Every(1.0)  # bad frames, frames without a model: a message a second
         self._stop = threading.Event()
-        self.swapper = HotSwapper(settings, model_dir, message)
+        self.swapper = HotSwapper(settings, model_dir, message, on_refused)
         self.monitor = InputMonitor(self._on_frame, message, conf, settings.input_queue)
         self._thread = threading.Thread(target=self._collect, name="edge-collect", daemon=True)
 
@@ -130,6 +132,11 @@ class Intake:
     def seen(self, unique_id: int, timestamp: float) -> None:
         """Treat this frame as done already (a restarted lane's source re-sends it)."""
         self.gaps.seen(unique_id, timestamp)
+
+    @property
+    def connected(self) -> bool:
+        """Connected to the input PV."""
+        return self.monitor.connected
 
     @property
     def dropped(self) -> int:
@@ -241,7 +248,8 @@ class Intake:
             self.unserved += len(items)
             if self._say():
                 self.message(f"no model loaded: {self.unserved} frame(s) not processed (counted "
-                             "in Dropped_RBV); put a model path to Edge:Model:Load")
+                             f"in {EDGE.dropped.suffix}); put a model path to "
+                             f"{EDGE.model_load.suffix}")
 
     # ---- lifetime ----------------------------------------------------------------------
     def stop(self) -> None:

@@ -120,8 +120,8 @@ class Lane:
         self.fifo: queue.Queue[QueueItem] = queue.Queue(maxsize=2 * parallel + 1)
         self.ledger = LedgerFeed(self.scan_attr)  # the edge process counts what no lane saw
         self.intake = Intake(settings, model_dir, served, self.fifo, self.say, conf,
-                             observer=self.ledger)
-        self.intake.swapper.on_refused = lambda spec, why: self.send(Refused(spec, why))
+                             observer=self.ledger,
+                             on_refused=lambda spec, why: self.send(Refused(spec, why)))
         self.send(Ready(served.note() if served is not None else None, error))
 
     def send(self, msg: object) -> None:
@@ -136,7 +136,7 @@ class Lane:
         """Counters of the lane, cumulative."""
         it = self.intake
         return {"bad": it.bad + self.failed, "dropped": it.dropped,
-                "received": it.accepted, "connected": int(it.monitor.connected)}
+                "received": it.accepted, "connected": int(it.connected)}
 
     def _level(self) -> None:
         """EPICS gives its network threads real-time priority where it may; level them.
@@ -172,7 +172,7 @@ class Lane:
                     self.intake.set_enabled(on)
                 case Load(spec):
                     try:
-                        self.intake.swapper.request(spec)
+                        self.intake.request(spec)
                     except ValueError as exc:
                         self.send(Refused(spec, str(exc)))
                 case Stop():

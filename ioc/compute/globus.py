@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ptychoflow.config import ConfigError, resolve, setting
 from ptychoflow.ioc.compute.base import BackendNotConfigured, WorkerLost
 from ptychoflow.ioc.globus_auth import AuthSettings, CredentialsError, credentials_needed
+from ptychoflow.pvnames import CONTROL
 from ptychoflow.stages import Reporter, StageFn, run_stage
 
 if TYPE_CHECKING:
@@ -60,8 +61,8 @@ class GlobusComputeSettings(AuthSettings):
                                                          "endpoints: num_nodes, ...)")
     via_flows: bool = setting(False, "hand each run to Globus Flows (the loop of `ptychoflow "
                                      "flow export`) instead of driving its stages from the IOC; "
-                                     "needs Transfer:Backend Globus with edge_collection and "
-                                     "edge_path in [transfer.globus]")
+                                     f"needs {CONTROL.transfer_backend.suffix} Globus with "
+                                     "edge_collection and edge_path in [transfer.globus]")
 
     def __post_init__(self) -> None:
         if self.workers < 1 or self.poll_s < 0 or self.max_poll_errors < 0:
@@ -131,7 +132,7 @@ class GlobusCompute:
             raise BackendNotConfigured(
                 f"GlobusCompute is not configured: add a [{SECTION}] table with endpoint_id "
                 "(the id `globus-compute-endpoint list` shows on the compute site) to the "
-                "configuration, or choose Compute:Backend Local")
+                f"configuration, or choose {CONTROL.compute_backend.suffix} Local")
         return self.cfg
 
     def _gc(self) -> Client:
@@ -162,7 +163,8 @@ class GlobusCompute:
         if state != "online":
             raise BackendNotConfigured(
                 f"Globus Compute endpoint {cfg.endpoint_id} is {state}: start it on the compute "
-                "site (`globus-compute-endpoint start <name>`), or choose Compute:Backend Local")
+                "site (`globus-compute-endpoint start <name>`), or choose "
+                f"{CONTROL.compute_backend.suffix} Local")
 
     def start(self) -> None:
         """Register ``run_stage`` (once) and start the thread that reads task states."""

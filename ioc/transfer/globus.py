@@ -40,6 +40,7 @@ from ptychoflow.config import ConfigError, resolve, setting
 from ptychoflow.ioc.compute.base import BackendNotConfigured
 from ptychoflow.ioc.globus_auth import AuthSettings, CredentialsError, credentials_needed
 from ptychoflow.ioc.transfer.base import Moved, TransferError
+from ptychoflow.pvnames import CONTROL
 from ptychoflow.stages import Cancelled, Reporter
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class GlobusTransfer:
             raise BackendNotConfigured(
                 f"Globus is not configured: add a [{SECTION}] table to the configuration "
                 f"with {', '.join(REQUIRED)} (see `ptychoflow ioc --help`), or choose "
-                "Transfer:Backend Local")
+                f"{CONTROL.transfer_backend.suffix} Local")
         if missing := self.cfg.missing():
             raise BackendNotConfigured(f"Globus is not configured: set {', '.join(missing)} "
                                        f"in [{SECTION}]")

@@ -22,6 +22,7 @@ from typing import Any
 from ptychoflow.config import resolve, setting
 from ptychoflow.ioc.transfer.base import Moved, TransferError
 from ptychoflow.modelcard import sha256_file
+from ptychoflow.pvnames import CONTROL
 from ptychoflow.stages import Cancelled, Reporter
 
 BLOCK = 8 << 20
@@ -51,7 +52,7 @@ def copy_verified(src: Path, dest: Path, progress: Reporter, retries: int = 3,
                   backoff_s: float = 1.0) -> Moved:
     """Copy ``src`` to ``dest`` atomically and verified; skip it if already identical."""
     if not src.is_file():
-        raise TransferError(f"{src}: no such file to transfer; check Scan:Path")
+        raise TransferError(f"{src}: no such file to transfer; check {CONTROL.scan_path.suffix}")
     if src.name.endswith(".part"):
         raise TransferError(f"{src}: still being written (*.part); wait until it is renamed")
     size = src.stat().st_size

@@ -1,8 +1,8 @@
 """Operator screens, generated from the PV tables: Phoebus ``.bob`` and PyDM ``.ui``.
 
-A screen is described once, here, as sections of rows; each row names a PV by
-its suffix in :data:`ptychoflow.pvnames.CONTROL` or :data:`~ptychoflow.pvnames.EDGE`
-and says how to show it (a readback, an entry, a combo box...). The Phoebus
+A screen is described once, here, as sections of rows; each row names a PV of
+:data:`ptychoflow.pvnames.CONTROL` or :data:`~ptychoflow.pvnames.EDGE` by its
+attribute there and says how to show it (a readback, an entry, a combo box...). The Phoebus
 writer (:mod:`ptychoflow.screens.phoebus`) and the PyDM writer (:mod:`ptychoflow.screens.pydmui`)
 turn the same description into their own XML, so both screens carry the same
 PVs, the same descriptions (tooltips) and units, and a PV renamed in
@@ -30,12 +30,21 @@ Protocol = Literal["ca", "pva"]
 
 @dataclass(frozen=True)
 class Row:
-    """One PV on a screen: the widget kind, its label and (for buttons) the value written."""
+    """One PV on a screen: the widget kind, its label and (for buttons) the value written.
 
-    suffix: str
+    ``pv`` is the PV from the screen's table, or a suffix (checked against the table
+    when the screen is written).
+    """
+
+    pv: PVSpec | str
     kind: Kind
     label: str = ""
     value: str = "1"  # what a button writes
+
+    @property
+    def suffix(self) -> str:
+        """The PV's suffix, which also names the widget."""
+        return self.pv if isinstance(self.pv, str) else self.pv.suffix
 
 
 @dataclass(frozen=True)
@@ -60,11 +69,12 @@ class Screen:
     link: str = ""  # stem of a related screen, opened by a button
 
     def spec(self, row: Row) -> PVSpec:
-        """The PV a row shows; an unknown suffix is a generation error, not a silent gap."""
+        """The PV a row shows; a PV not in the table is a generation error, not a silent gap."""
         specs = by_suffix(self.table)
         if row.suffix not in specs:
             raise KeyError(f"screen {self.stem}: {row.suffix!r} is not in the PV table; "
-                           f"rename it in ptychoflow/screens.py to match ptychoflow/pvnames.py")
+                           "rename it in ptychoflow/screens/__init__.py to match "
+                           "ptychoflow/pvnames.py")
         return specs[row.suffix]
 
     def label(self, row: Row) -> str:
@@ -84,45 +94,45 @@ WORKFLOW = Screen(
     link="ptychoflow_edge",
     sections=(
         Section("Run", (
-            Row("Workflow:Start", "button", "Start"),
-            Row("Workflow:Abort", "button", "Abort"),
-            Row("Workflow:Auto", "toggle", "Auto"),
-            Row("Scan:Path", "entry", "Scan file"),
+            Row(CONTROL.workflow_start, "button", "Start"),
+            Row(CONTROL.workflow_abort, "button", "Abort"),
+            Row(CONTROL.workflow_auto, "toggle", "Auto"),
+            Row(CONTROL.scan_path, "entry", "Scan file"),
         )),
         Section("Settings", (
-            Row("Transfer:Backend", "combo", "Transfer"),
-            Row("Compute:Backend", "combo", "Compute"),
-            Row("Recon:Algorithm", "combo", "Algorithm"),
-            Row("Recon:Epochs", "entry", "Recon epochs"),
-            Row("Train:Epochs", "entry", "Train epochs"),
-            Row("Train:ValFraction", "entry", "Val fraction"),
+            Row(CONTROL.transfer_backend, "combo", "Transfer"),
+            Row(CONTROL.compute_backend, "combo", "Compute"),
+            Row(CONTROL.recon_algorithm, "combo", "Algorithm"),
+            Row(CONTROL.recon_epochs, "entry", "Recon epochs"),
+            Row(CONTROL.train_epochs, "entry", "Train epochs"),
+            Row(CONTROL.train_val_fraction, "entry", "Val fraction"),
         )),
         Section("Status", (
-            Row("Workflow:State_RBV", "readback", "State"),
-            Row("Workflow:Busy_RBV", "led", "Busy"),
-            Row("Workflow:Progress_RBV", "progress", "Progress"),
-            Row("Workflow:Message_RBV", "text", "Message"),
-            Row("Workflow:RunId_RBV", "readback", "Run id"),
-            Row("Workflow:ActiveRuns_RBV", "readback", "Active runs"),
-            Row("Workflow:QueuedScans_RBV", "readback", "Queued scans"),
-            Row("Workflow:Report_RBV", "text", "Report"),
+            Row(CONTROL.workflow_state, "readback", "State"),
+            Row(CONTROL.workflow_busy, "led", "Busy"),
+            Row(CONTROL.workflow_progress, "progress", "Progress"),
+            Row(CONTROL.workflow_message, "text", "Message"),
+            Row(CONTROL.workflow_run_id, "readback", "Run id"),
+            Row(CONTROL.workflow_active_runs, "readback", "Active runs"),
+            Row(CONTROL.workflow_queued_scans, "readback", "Queued scans"),
+            Row(CONTROL.workflow_report, "text", "Report"),
         ), column=1),
         Section("Stages", (
-            Row("Transfer:Rate_RBV", "readback", "Transfer rate"),
-            Row("Recon:Epoch_RBV", "readback", "Recon epoch"),
-            Row("Recon:Error_RBV", "readback", "Recon error"),
-            Row("Train:Epoch_RBV", "readback", "Train epoch"),
-            Row("Train:Loss_RBV", "readback", "Train loss"),
-            Row("Train:ValLoss_RBV", "readback", "Val loss"),
-            Row("Train:BestValLoss_RBV", "readback", "Best val loss"),
+            Row(CONTROL.transfer_rate, "readback", "Transfer rate"),
+            Row(CONTROL.recon_epoch, "readback", "Recon epoch"),
+            Row(CONTROL.recon_error, "readback", "Recon error"),
+            Row(CONTROL.train_epoch, "readback", "Train epoch"),
+            Row(CONTROL.train_loss, "readback", "Train loss"),
+            Row(CONTROL.train_val_loss, "readback", "Val loss"),
+            Row(CONTROL.train_best_val_loss, "readback", "Best val loss"),
         ), column=1),
         Section("Model", (
-            Row("Model:Version_RBV", "readback", "Newest version"),
-            Row("Model:Deployed_RBV", "readback", "Deployed"),
-            Row("Model:Deploy", "entry", "Deploy version"),
-            Row("Model:Quality_RBV", "readback", "Quality (SSIM)"),
-            Row("Model:QualityTarget", "entry", "Quality target"),
-            Row("Model:TargetMet_RBV", "led", "Target met"),
+            Row(CONTROL.model_version, "readback", "Newest version"),
+            Row(CONTROL.model_deployed, "readback", "Deployed"),
+            Row(CONTROL.model_deploy, "entry", "Deploy version"),
+            Row(CONTROL.model_quality, "readback", "Quality (SSIM)"),
+            Row(CONTROL.model_quality_target, "entry", "Quality target"),
+            Row(CONTROL.model_target_met, "led", "Target met"),
         )),
     ),
 )
@@ -132,23 +142,23 @@ EDGE_SCREEN = Screen(
     title="ptychoflow edge $(P)",
     table=EDGE,
     protocol="pva",
-    images=(Row("Edge:Phase", "image", "Phase (latest frame)"),
-            Row("Edge:Stitched", "image", "Stitched phase map")),
+    images=(Row(EDGE.phase, "image", "Phase (latest frame)"),
+            Row(EDGE.stitched, "image", "Stitched phase map")),
     sections=(
         Section("Throughput", (
-            Row("Edge:FrameRate_RBV", "readback", "Frame rate"),
-            Row("Edge:Latency_RBV", "readback", "Latency"),
-            Row("Edge:Processed_RBV", "readback", "Processed"),
-            Row("Edge:Dropped_RBV", "readback", "Dropped"),
-            Row("Edge:BadFrames_RBV", "readback", "Bad frames"),
+            Row(EDGE.frame_rate, "readback", "Frame rate"),
+            Row(EDGE.latency, "readback", "Latency"),
+            Row(EDGE.processed, "readback", "Processed"),
+            Row(EDGE.dropped, "readback", "Dropped"),
+            Row(EDGE.bad_frames, "readback", "Bad frames"),
         )),
         Section("Control", (
-            Row("Edge:Enable", "toggle", "Enable"),
-            Row("Edge:Stitched:Reset", "button", "New map"),
-            Row("Edge:Model:Version_RBV", "readback", "Model version"),
-            Row("Edge:Model:Load", "entry", "Load model"),
-            Row("Edge:Input", "entry", "Input PV"),
-            Row("Edge:Message_RBV", "text", "Message"),
+            Row(EDGE.enable, "toggle", "Enable"),
+            Row(EDGE.stitched_reset, "button", "New map"),
+            Row(EDGE.model_version, "readback", "Model version"),
+            Row(EDGE.model_load, "entry", "Load model"),
+            Row(EDGE.input, "entry", "Input PV"),
+            Row(EDGE.message, "text", "Message"),
         ), column=1),
     ),
 )

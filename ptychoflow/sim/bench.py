@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
+from ptychoflow.pvnames import DETECTOR
 
 HELP = "detector simulator vs pvapy-ad-sim-server: frames/s delivered to a p4p client"
 
@@ -107,10 +108,11 @@ def _measure_ours(frames: int, size: int, queue: int, save: bool) -> Tally:
     tally = Tally()
     try:
         with Context("pva", conf=pva_conf(env), useenv=False, nt=False) as ctx:
-            _wait_pv(ctx, prefix + "cam1:Acquire", proc, timeout=120)
-            sub = ctx.monitor(prefix + "Pva1:Image", tally, request=f"record[queueSize={queue}]")
+            _wait_pv(ctx, DETECTOR.cam1_acquire.name(prefix), proc, timeout=120)
+            sub = ctx.monitor(DETECTOR.pva1_image.name(prefix), tally,
+                              request=f"record[queueSize={queue}]")
             time.sleep(0.5)
-            ctx.put(prefix + "cam1:Acquire", 1)
+            ctx.put(DETECTOR.cam1_acquire.name(prefix), 1)
             tally.wait_quiet(2.0, 120)
             sub.close()
     finally:

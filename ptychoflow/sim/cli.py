@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ptychoflow.config import add_arguments, resolve, setting
-from ptychoflow.pvnames import DEFAULT_PREFIX
+from ptychoflow.pvnames import DEFAULT_PREFIX, DETECTOR
 
 if TYPE_CHECKING:
     from ptychoflow.scanfile import Scan
@@ -33,7 +33,8 @@ class SimSettings:
     tick_ms: float = setting(0.0, "pace on a clock of this period: each wake-up posts every "
                                   "frame due by then, as a detector ships frames in bursts; "
                                   "0: one wake-up per frame")
-    scatter: int = setting(1, "serve the frames over this many PVs, Pva1:Image ... PvaK:Image, "
+    scatter: int = setting(1, "serve the frames over this many PVs, "
+                              f"{DETECTOR.pva1_image.suffix} ... PvaK:Image, "
                               "in turn (areaDetector's NDPluginScatter before K NDPluginPva); "
                               "an edge follows them with one lane process each")
     step: float = setting(50e-9, "scan step in metres (Fermat spiral)")
@@ -50,8 +51,10 @@ class SimSettings:
     name: str = setting("scan", "scan file name stem: NAME_0001.h5, ...")
     replay: str = setting("", "stream this scan file (ours or the Siemens-star .npz.bz2) "
                               "instead of simulating")
-    wait: bool = setting(False, "do not start at once: wait for a put to cam1:Acquire")
-    serve: bool = setting(False, "keep serving after the scan: each further cam1:Acquire "
+    wait: bool = setting(False, "do not start at once: wait for a put to "
+                                f"{DETECTOR.cam1_acquire.suffix}")
+    serve: bool = setting(False, "keep serving after the scan: each further "
+                                 f"{DETECTOR.cam1_acquire.suffix} "
                                  "scans a new region of the sample (seed + n), or replays "
                                  "the file again; default: exit when the scan is done")
     delay: float = setting(1.0, "seconds to wait before starting, so clients can connect")

@@ -27,12 +27,11 @@ from p4p.server import Server
 from p4p.server.thread import SharedPV
 
 from ptychoflow.ntnda import make_frame, stamp
-from ptychoflow.pvnames import DETECTOR, by_suffix
+from ptychoflow.pvnames import DETECTOR, PVSpec
 from ptychoflow.scanfile import Scan, ScanWriter
 
 log = logging.getLogger(__name__)
 
-_SPECS = by_suffix(DETECTOR)
 _NT_CODES = {"NTScalar:i": "i", "NTScalar:l": "l", "NTScalar:d": "d", "NTScalar:s": "s"}
 
 
@@ -82,21 +81,25 @@ class DetectorSimulator:
         self.images = [SharedPV(initial=make_frame(np.zeros(scan.frame_shape, scan.data.dtype),
                                                    0)) for _ in range(scatter)]
         for k, pv in enumerate(self.images):
-            self.pvs[f"Pva{k + 1}:Image"] = pv
-        for suffix, spec in _SPECS.items():
+            self.pvs[DETECTOR.image(k + 1).suffix] = pv
+        for spec in DETECTOR:
             if spec.record == "NTNDArray":
                 continue
             code = _NT_CODES[spec.record]
             initial: Any = spec.initial if code != "s" else str(spec.initial)
             pv = SharedPV(nt=NTScalar(code, display=True), initial=initial)
-            self.pvs[suffix] = pv
-        self.pvs["cam1:AcquireRate"].post(self.rate)
-        self._on_put("cam1:Acquire", self._put_acquire)
-        self._on_put("cam1:AcquireRate", self._put_rate)
+            self.pvs[spec.suffix] = pv
+        self.pv(DETECTOR.cam1_acquire_rate).post(self.rate)
+        self._on_put(DETECTOR.cam1_acquire, self._put_acquire)
+        self._on_put(DETECTOR.cam1_acquire_rate, self._put_rate)
         self._thread = threading.Thread(target=self._loop, name="sim-stream", daemon=True)
 
-    def _on_put(self, suffix: str, handler: Callable[[Any], str | None]) -> None:
-        pv = self.pvs[suffix]
+    def pv(self, spec: PVSpec) -> SharedPV:
+        """The served PV of ``spec``."""
+        return self.pvs[spec.suffix]
+
+    def _on_put(self, spec: PVSpec, handler: Callable[[Any], str | None]) -> None:
+        pv = self.pv(spec)
 
         @pv.put
         def _put(pv: SharedPV, op: Any) -> None:
@@ -113,7 +116,7 @@ class DetectorSimulator:
     def _put_acquire(self, value: Any) -> str | None:
         v = int(value)
         if v not in (0, 1):
-            return f"cam1:Acquire takes 0 (stop) or 1 (acquire), not {v}"
+            return f"{DETECTOR.cam1_acquire.suffix} takes 0 (stop) or 1 (acquire), not {v}"
         if v == 1:
             self._stop_acq.clear()
             self._idle.clear()  # busy from the moment the put is accepted
@@ -125,7 +128,8 @@ class DetectorSimulator:
     def _put_rate(self, value: Any) -> str | None:
         r = float(value)
         if not np.isfinite(r) or r < 0:
-            return f"cam1:AcquireRate must be >= 0 Hz (0 = as fast as possible), not {r}"
+            return (f"{DETECTOR.cam1_acquire_rate.suffix} must be >= 0 Hz "
+                    f"(0 = as fast as possible), not {r}")
         self.rate = r
         return None
 
@@ -139,7 +143,7 @@ class DetectorSimulator:
         self._thread.start()
         if acquire:
             self._put_acquire(1)
-            self.pvs["cam1:Acquire"].post(1)
+            self.pv(DETECTOR.cam1_acquire).post(1)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no acquisition is running (after one has started)."""
@@ -165,7 +169,7 @@ class DetectorSimulator:
             except Exception:
                 log.exception("acquisition failed")
             finally:
-                self.pvs["cam1:Acquire"].post(0)
+                self.pv(DETECTOR.cam1_acquire).post(0)
                 self._idle.set()
 
     def _acquire(self) -> None:
@@ -174,7 +178,8 @@ class DetectorSimulator:
         scan = self.scan
         saver = _BlockSaver(self._open_writer(), scan) if self.out_dir is not None else None
         self.acquisitions += 1
-        counter, rate_pv = self.pvs["cam1:ArrayCounter_RBV"], self.pvs["cam1:ArrayRate_RBV"]
+        counter = self.pv(DETECTOR.cam1_array_counter)
+        rate_pv = self.pv(DETECTOR.cam1_array_rate)
         counter.post(0)
         log.info("acquisition %d: %d frames at %s", self.acquisitions, scan.n_frames,
                  f"{self.rate:g} Hz" if self.rate > 0 else "full speed")
@@ -226,7 +231,7 @@ class DetectorSimulator:
                             probe=scan.probe, truth=scan.truth,
                             truth_pixel_size_m=scan.truth_pixel_size_m,
                             metadata=scan.metadata, expected_frames=scan.n_frames)
-        self.pvs["HDF1:FullFileName_RBV"].post(str(writer.path))
+        self.pv(DETECTOR.hdf1_full_file_name).post(str(writer.path))
         return writer
 
 
@@ -309,8 +314,8 @@ def serve(sim: DetectorSimulator, acquire: bool, keep_serving: bool,
           stop: threading.Event, delay: float = 0.0) -> None:
     """Run the server until ``stop`` is set, or (without ``keep_serving``) the scan ends."""
     with Server(providers=[sim.providers]):
-        log.info("serving %sPva1:Image (%d frames of %dx%d %s)", sim.prefix, sim.scan.n_frames,
-                 *sim.scan.frame_shape, sim.scan.data.dtype)
+        log.info("serving %s (%d frames of %dx%d %s)", DETECTOR.pva1_image.name(sim.prefix),
+                 sim.scan.n_frames, *sim.scan.frame_shape, sim.scan.data.dtype)
         if delay > 0:
             stop.wait(delay)
         sim.start(acquire=acquire and not stop.is_set())

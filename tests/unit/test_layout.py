@@ -1,4 +1,4 @@
-"""The tree keeps the shape DESIGN.md gives it: the edge in wings, small modules, one-way imports."""
+"""The tree keeps the shape DESIGN.md gives it: edge wings, small modules, one-way imports."""
 
 from __future__ import annotations
 
