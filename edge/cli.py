@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
                 pass
         finally:
             service.stop()
-            log.info("edge stopped: %d frames processed, %d dropped, %d bad",
-                     service.processed, service.dropped, service.bad)
+            log.info("edge stopped: %d frames processed, %d missed, %d dropped, %d bad",
+                     service.processed, service.missed, service.dropped, service.bad)
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -114,8 +114,18 @@ class FrameSource(Protocol):
         ...
 
     @property
+    def missed(self) -> int:
+        """Frames that never reached the edge (gaps in uniqueId, ids no lane saw)."""
+        ...
+
+    @property
     def dropped(self) -> int:
-        """Frames lost: queue overflow, gaps in uniqueId, no model loaded."""
+        """Frames received and lost here: queue overflow, no model loaded."""
+        ...
+
+    @property
+    def unplaced(self) -> int:
+        """Frames published without a position: left off the map."""
         ...
 
     def stop(self) -> None:

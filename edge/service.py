@@ -115,8 +115,13 @@ class EdgeService:
         return self.publisher.bad
 
     @property
+    def missed(self) -> int:
+        """Frames that never reached the edge."""
+        return self.source.missed
+
+    @property
     def dropped(self) -> int:
-        """Frames lost to the edge: queue overflow, gaps in uniqueId, no model loaded."""
+        """Frames received and lost here: queue overflow, no model loaded."""
         return self.source.dropped
 
     # ---- lifetime ----------------------------------------------------------------------

@@ -158,10 +158,14 @@ class EdgePVs(NamedTuple):
     latency: PVSpec = PVSpec("Edge:Latency_RBV", "NTScalar:d", "R", "Input to publish latency",
                              egu="ms")
     processed: PVSpec = PVSpec("Edge:Processed_RBV", "NTScalar:l", "R", "Frames processed")
+    missed: PVSpec = PVSpec("Edge:Missed_RBV", "NTScalar:l", "R",
+                            "Frames the edge never received (gaps in uniqueId)")
     dropped: PVSpec = PVSpec("Edge:Dropped_RBV", "NTScalar:l", "R",
-                             "Frames dropped (edge too slow)")
+                             "Frames received and dropped (edge too slow, no model)")
     bad_frames: PVSpec = PVSpec("Edge:BadFrames_RBV", "NTScalar:l", "R",
                                 "Frames refused as invalid")
+    unplaced: PVSpec = PVSpec("Edge:Unplaced_RBV", "NTScalar:l", "R",
+                              "Frames published but left off the map (no position)")
     message: PVSpec = PVSpec("Edge:Message_RBV", "NTScalar:s", "R", "Last status or error",
                              initial="")
 

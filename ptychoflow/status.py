@@ -49,8 +49,10 @@ EDGE_ROWS: tuple[tuple[str, PVSpec], ...] = (
     ("Frame rate", EDGE.frame_rate),
     ("Latency", EDGE.latency),
     ("Processed", EDGE.processed),
+    ("Missed", EDGE.missed),
     ("Dropped", EDGE.dropped),
     ("Bad frames", EDGE.bad_frames),
+    ("Unplaced", EDGE.unplaced),
     ("Model version", EDGE.model_version),
 )
 EDGE_MESSAGE = EDGE.message

@@ -98,7 +98,9 @@ class Intake:
         # uniqueId gaps: frames lost before they reached the edge
         self.gaps = GapCounter(counting=observer is None)
         self.accepted = 0  # frames put on the queue (each is then published, bad or dropped)
+        self.unplaced = 0  # frames published without a position: left off the map
         self._say = Every(1.0)  # bad frames, frames without a model: a message a second
+        self._say_unplaced = Every(1.0)
         self._stop = threading.Event()
         self.swapper = HotSwapper(settings, model_dir, message, on_refused)
         self.monitor = InputMonitor(self._on_frame, message, conf, settings.input_queue)
@@ -139,9 +141,14 @@ class Intake:
         return self.monitor.connected
 
     @property
+    def missed(self) -> int:
+        """Frames that never reached the edge: gaps in uniqueId."""
+        return self.gaps.missed
+
+    @property
     def dropped(self) -> int:
-        """Frames lost here: queue overflow, gaps in uniqueId, no model loaded."""
-        return self.queue.dropped + self.gaps.missed + self.unserved
+        """Frames received and lost here: queue overflow, no model loaded."""
+        return self.queue.dropped + self.unserved
 
     # ---- input -------------------------------------------------------------------------
     def _on_frame(self, item: Incoming) -> None:
@@ -164,7 +171,9 @@ class Intake:
             self.message(f"bad frame skipped ({self.bad} so far): {why}")
 
     def _check(self, item: Incoming, served: Served) -> Position | str:
-        """The frame's position, None when not stitching, or a string saying why it is bad."""
+        """The frame's position (None: not stitching, or none found: counted unplaced), or a
+        string saying why the frame is bad.
+        """
         if item.frame is None:
             return item.error
         a = item.frame.array
@@ -180,7 +189,14 @@ class Intake:
             return f"frame {item.frame.unique_id} contains NaN or infinity"
         if not self.settings.stitch:
             return None
-        return self.positions.position(item.frame)
+        pos = self.positions.position(item.frame)
+        if isinstance(pos, str):  # published all the same, but never placed on the map
+            self.unplaced += 1
+            if self._say_unplaced():
+                self.message(f"{self.unplaced} frame(s) left off the map (counted in "
+                             f"{EDGE.unplaced.suffix}): {pos}")
+            return None
+        return pos
 
     def _collect(self) -> None:
         name_os_thread()

@@ -135,7 +135,7 @@ class Lane:
     def counts(self) -> dict[str, int]:
         """Counters of the lane, cumulative."""
         it = self.intake
-        return {"bad": it.bad + self.failed, "dropped": it.dropped,
+        return {"bad": it.bad + self.failed, "dropped": it.dropped, "unplaced": it.unplaced,
                 "received": it.accepted, "connected": int(it.connected)}
 
     def _level(self) -> None:

@@ -83,9 +83,9 @@ class LaneHandle:
 
     def __init__(self, index: int, pv: str, proc: Any, pipe: Pipe, slots: Slots) -> None:
         self.index, self.pv, self.proc, self.pipe, self.slots = index, pv, proc, pipe, slots
-        self.counts = {"bad": 0, "dropped": 0, "received": 0}
+        self.counts = {"bad": 0, "dropped": 0, "received": 0, "unplaced": 0}
         self.model: ModelNote | None = None
-        self.base = {"bad": 0, "dropped": 0, "received": 0}  # counts of its earlier processes
+        self.base = dict.fromkeys(self.counts, 0)  # counts of its earlier processes
         self.restarted = -RESTART_AFTER_S  # time.monotonic() of the last restart
         self.quick = 0  # deaths running within RESTART_AFTER_S of a restart
         self.last: tuple[int, float] | None = None  # uniqueId and time stamp last published

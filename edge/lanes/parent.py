@@ -77,6 +77,7 @@ from ptychoflow.edge.lanes.protocol import (
 from ptychoflow.edge.messages import CLOSE, ModelChanged, ModelNote, QueueItem
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.ntnda import Frame
+from ptychoflow.pvnames import EDGE
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class LaneSet:
         # lane saw is final until the next frame (said once in the log, for tests and
         # for whoever reads the log after a scan)
         self.settled = False
+        self._held = 0  # frames dead lanes had received and never accounted for
         self._all_connected = False
         self._threads = settings.threads or max(1, len(os.sched_getaffinity(0)) // len(inputs))
         self._model = str(resolve_model_path(settings.model, model_dir, settings.int8)) \
@@ -172,12 +174,17 @@ class LaneSet:
         the lane could not be started again.
         """
         # the frames it held and never accounted for go into the ledger's count of
-        # missed frames once the other lanes are past them
+        # frames no lane saw once the other lanes are past them; those it had received
+        # are the edge's losses, not the network's: Dropped_RBV (as of its last counts;
+        # any received after them stay counted as missed)
+        held = max(0, h.counts.get("received", 0) - h.accounted)
         for k in h.base:
             h.base[k] += h.counts.get(k, 0)
+        h.base["dropped"] += held
         h.counts = {k: 0 for k in h.base}
         with self._lock:
             h.accounted = 0
+            self._held += held
             self._all_connected = False
         h.quick = h.quick + 1 if time.monotonic() - h.restarted < RESTART_AFTER_S else 0
         delay = restart_delay(h.quick)
@@ -185,7 +192,7 @@ class LaneSet:
             self.message(f"lane {h.index} ({h.pv}) died again within {RESTART_AFTER_S:.0f} s "
                          f"of its restart ({h.quick} times running); restarting it in "
                          f"{delay:.0f} s; its frames are lost meanwhile, counted in "
-                         "Dropped_RBV (the edge's log says why it died)")
+                         f"{EDGE.missed.suffix} (the edge's log says why it died)")
             if self._stopped.wait(delay):
                 return False
         h.pipe.close()
@@ -207,7 +214,8 @@ class LaneSet:
             h.send(Seen(*h.last))
         h.send(Start())
         self.message(f"lane {h.index} ({h.pv}) restarted; frames it held are counted in "
-                     "Dropped_RBV")
+                     f"{EDGE.dropped.suffix}, those sent to it while it was down in "
+                     f"{EDGE.missed.suffix}")
         return True
 
     def _note(self, note: ModelNote) -> ModelNote:
@@ -258,7 +266,17 @@ class LaneSet:
 
     @property
     def dropped(self) -> int:
-        """Frames the lanes dropped or had no model for, and frames no lane saw."""
+        """Frames the lanes received and dropped, or had no model for."""
+        return sum(h.base["dropped"] + h.counts["dropped"] for h in self.handles)
+
+    @property
+    def unplaced(self) -> int:
+        """Frames the lanes found no position for."""
+        return sum(h.base["unplaced"] + h.counts.get("unplaced", 0) for h in self.handles)
+
+    @property
+    def missed(self) -> int:
+        """Frames no lane saw (the ledger's count; final once nothing is in flight)."""
         with self._lock:
             idle = time.monotonic() - self._activity > IDLE_SETTLE_S
             if idle and all(h.counts["received"] <= h.accounted for h in self.handles):
@@ -266,8 +284,8 @@ class LaneSet:
                 if not self.settled:
                     self.settled = True
                     log.info("ledger settled: %d frame(s) no lane saw", self.ledger.missed)
-            missed = self.ledger.missed
-        return missed + sum(h.base["dropped"] + h.counts["dropped"] for h in self.handles)
+            # ids a dead lane had received count as dropped (see _restart), not missed
+            return max(0, self.ledger.missed - self._held)
 
     # ---- the readers -------------------------------------------------------------------
     def _read(self, h: LaneHandle) -> None:

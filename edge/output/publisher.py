@@ -242,5 +242,7 @@ class Publisher:
         s.post_scalar(EDGE.frame_rate, round(rate, 2))
         s.post_scalar(EDGE.latency, round(1000.0 * float(np.mean(lat)), 3) if lat else 0.0)
         s.post_scalar(EDGE.processed, self.processed)
+        s.post_scalar(EDGE.missed, self.source.missed)
         s.post_scalar(EDGE.dropped, self.source.dropped)
         s.post_scalar(EDGE.bad_frames, self.bad)
+        s.post_scalar(EDGE.unplaced, self.source.unplaced)

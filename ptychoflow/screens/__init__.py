@@ -149,8 +149,10 @@ EDGE_SCREEN = Screen(
             Row(EDGE.frame_rate, "readback", "Frame rate"),
             Row(EDGE.latency, "readback", "Latency"),
             Row(EDGE.processed, "readback", "Processed"),
+            Row(EDGE.missed, "readback", "Missed"),
             Row(EDGE.dropped, "readback", "Dropped"),
             Row(EDGE.bad_frames, "readback", "Bad frames"),
+            Row(EDGE.unplaced, "readback", "Unplaced"),
         )),
         Section("Control", (
             Row(EDGE.enable, "toggle", "Enable"),

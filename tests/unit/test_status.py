@@ -32,6 +32,7 @@ def busy_run() -> dict[str, object]:
         "Compute:Backend": "Parsl", "Recon:Algorithm": "LSQML", "Recon:Epochs": 123,
         "Train:Epochs": 77, "Edge:FrameRate_RBV": 1234.5, "Edge:Latency_RBV": 2.25,
         "Edge:Processed_RBV": 98765, "Edge:Dropped_RBV": 4, "Edge:BadFrames_RBV": 1,
+        "Edge:Missed_RBV": 3, "Edge:Unplaced_RBV": 0,
         "Edge:Model:Version_RBV": 2, "Edge:Message_RBV": "serving model-v2.onnx",
     }
     assert set(v) == {s.suffix for s in CONTROL_VIEW + EDGE_VIEW}  # every PV of the view

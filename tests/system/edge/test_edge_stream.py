@@ -83,6 +83,10 @@ def test_bad_frames_are_counted_and_skipped(start_server, edge_env, prefix, sour
                                             collector: Collector, model_dir: Path) -> None:
     edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx")
     collector.watch(prefix + "Edge:Phase")
+    said: list[str] = []  # every Message_RBV update
+    sub = collector.ctx.monitor(prefix + "Edge:Message_RBV",
+                                lambda v: said.append(str(v["value"])),
+                                request="record[queueSize=100]")
     good = np.ones((32, 32), np.float32)
     nan = good.copy()
     nan[3, 4] = np.nan
@@ -92,7 +96,7 @@ def test_bad_frames_are_counted_and_skipped(start_server, edge_env, prefix, sour
         (good, _pos(1)),
         (nan, _pos(2)),                                   # NaN
         (np.ones((16, 16), np.float32), _pos(3)),         # smaller than the network input
-        (good, {}),                                       # no position attributes
+        (good, {}),                                       # no position: published, unplaced
         (np.zeros((0, 0), np.float32), _pos(5)),          # empty
         (inf, _pos(6)),                                   # infinity
         (np.ones((32, 32), np.bool_), _pos(7)),           # not a number type
@@ -103,15 +107,17 @@ def test_bad_frames_are_counted_and_skipped(start_server, edge_env, prefix, sour
         source.publish(arr, uid, attrs)
         time.sleep(0.02)
     source.publish_undecodable(10)  # does not decode: bad, and not also lost upstream
-    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 3)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 4)
     time.sleep(0.5)
-    assert [f.unique_id for f in collector.frames(prefix + "Edge:Phase")] == [1, 8, 9]
-    collector.wait_value(prefix + "Edge:BadFrames_RBV", lambda v: v == 7)
-    msg = collector.get(prefix + "Edge:Message_RBV")
-    assert "bad frame" in msg
+    assert [f.unique_id for f in collector.frames(prefix + "Edge:Phase")] == [1, 4, 8, 9]
+    collector.wait_value(prefix + "Edge:BadFrames_RBV", lambda v: v == 6)
+    collector.wait_value(prefix + "Edge:Unplaced_RBV", lambda v: v == 1)  # not on the map
+    assert any("bad frame" in m for m in said), said
+    assert any("left off the map" in m and "frame 4" in m for m in said), said
+    sub.close()
     # the service keeps running and processes the next good frame
     source.publish(good, 11, _pos(11))
-    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 4)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 5)
     assert got[-1].unique_id == 11
     # Edge:Enable 0 discards frames, 1 resumes
     collector.put(prefix + "Edge:Enable", 0)
@@ -119,9 +125,28 @@ def test_bad_frames_are_counted_and_skipped(start_server, edge_env, prefix, sour
     time.sleep(0.5)
     collector.put(prefix + "Edge:Enable", 1)
     source.publish(good, 13, _pos(13))
-    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 5)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= 6)
     assert [f.unique_id for f in got][-2:] == [11, 13]
     assert collector.get(prefix + "Edge:Dropped_RBV") == 0  # no frame lost: each was counted
+    assert collector.get(prefix + "Edge:Missed_RBV") == 0
+    assert edge.alive()
+
+
+def test_loss_is_counted_per_hop(start_server, edge_env, prefix, source: FrameSource,
+                                 collector: Collector, model_dir: Path) -> None:
+    """Gaps in uniqueId are frames the edge never received: Missed_RBV, not Dropped_RBV."""
+    edge = _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx")
+    collector.watch(prefix + "Edge:Phase")
+    good = np.ones((32, 32), np.float32)
+    sent = [1, 2, 5, 6, 7, 12]  # 3, 4 and 8-11 lost on the way: six
+    for uid in sent:
+        source.publish(good, uid, _pos(uid))
+        time.sleep(0.02)
+    got = collector.wait_for(prefix + "Edge:Phase", lambda f: len(f) >= len(sent))
+    assert [f.unique_id for f in got] == sent
+    collector.wait_value(prefix + "Edge:Missed_RBV", lambda v: v == 6)
+    assert collector.get(prefix + "Edge:Dropped_RBV") == 0
+    assert collector.get(prefix + "Edge:BadFrames_RBV") == 0
     assert edge.alive()
 
 
