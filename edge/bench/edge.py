@@ -20,6 +20,11 @@ API where torch is not installed):
 * ``baseline_fps``: PyTorch eager, batch size 1, the way the original edge
   deployment ran: the plain network, upsampling and all (the better of 1
   thread and all cores);
+* ``peer_fps``: the same ONNX model run by ``pvapy-hpc-consumer`` (the APS
+  streaming framework edgePtychoNN is built on) with a processor of the usual
+  kind (ONNX Runtime, batch 8, as edgePtychoNN runs it; ``peer_processor.py``),
+  fed by the same source with the same frames at the same rate, received by
+  the same kind of client; ``pipeline_vs_peer`` is the ratio (goal 1.2);
 * ``latency_p99_ms``: source time stamp to the client's receipt, at
   ``--latency-load`` of the measured pipeline rate;
 * ``cpu_ms_per_frame``: CPU time of the source, the edge and the client per
@@ -107,6 +112,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "(QDQ ONNX; ONNX Runtime and OpenVINO both run it in int8); the "
                         "baseline stays float32 PyTorch. For bfloat16 use --engine openvino")
     parser.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="skip the peer: the same model in pvapy-hpc-consumer (ONNX "
+                             "Runtime, batch 8, as edgePtychoNN runs it), same source and frames")
 
 
 def _to_int8(path: Path, args: argparse.Namespace) -> tuple[Path, float]:
@@ -172,6 +180,19 @@ def engine_fps(path: Path, args: argparse.Namespace) -> tuple[float, str, str]:
     return fps, runner.describe(), precision
 
 
+def _peer(path: Path, args: argparse.Namespace, tmp: Path, pipe: dict[str, Any],
+          rate: float) -> dict[str, Any]:
+    """The peer pass and its ratio; why not, where pvapy is not installed."""
+    from ptychoflow.edge.bench.peer import compare, consumer_exe, peer_pass
+
+    try:
+        consumer_exe()
+    except RuntimeError as exc:
+        return {"peer_fps": None, "peer_skipped": str(exc)}
+    peer = peer_pass(path, args, tmp, rate)
+    return {**peer, **compare(pipe["pipeline_fps"], peer["peer_fps"])}
+
+
 def _gpu_name() -> str:
     """The CUDA card's name, so a GPU figure is quoted with its card ("" where none is seen)."""
     try:
@@ -205,6 +226,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         eng_before, eng_name, precision = engine_fps(path, args)
         base, base_threads = (None, 0) if args.no_baseline else baseline_fps(net, args)
         pipe = pipeline(path, args, eng_before, tmp)
+        peer = {} if args.no_peer else _peer(path, args, tmp, pipe,
+                                             args.rate or args.rate_factor * eng_before)
         # the engine is timed again after the pipeline and the better figure kept: on a
         # shared box this guards the ratio against a quiet moment for the pipeline alone
         eng_after, _, _ = engine_fps(path, args)
@@ -230,6 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out["pipeline_vs_engine"] = round(pipe["pipeline_fps"] / eng_fps, 3)
     if base:
         out["pipeline_vs_baseline"] = round(pipe["pipeline_fps"] / base, 2)
+    out.update(peer)
     lossless = pipe["complete"] and pipe["dropped"] == 0
     if gpu:
         out["goal_gpu_20k"] = pipe["pipeline_fps"] >= 20000

@@ -29,13 +29,16 @@ def test_bench_edge_accounts_for_every_frame():
     assert all(v >= 0 for v in r["cpu_ms_per_frame"].values())
     assert isinstance(r["edge_threads_us_per_frame"], dict)
     assert r["scheduling"] == "batch" and r["precision"] == "fp32"
+    # the peer: the same model in pvapy-hpc-consumer, same source and frames, same run
+    assert r["peer_complete"] and r["peer_frames"] == 60 and r["peer_fps"] > 0
+    assert r["pipeline_vs_peer"] == pytest.approx(r["pipeline_fps"] / r["peer_fps"], rel=1e-2)
 
 
 def test_bench_edge_int8_on_openvino_reports_what_it_ran():
     pytest.importorskip("openvino")
     out = subprocess.run(
         [sys.executable, "-m", "ptychoflow.cli", "bench", "edge", "--json", "--frames", "60",
-         "--size", "64", "--seconds", "0.5", "--no-baseline", "--engine", "openvino",
+         "--size", "64", "--seconds", "0.5", "--no-baseline", "--no-peer", "--engine", "openvino",
          "--precision", "int8", "--threads", "1"],
         capture_output=True, text=True, timeout=220, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
