@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptychoflow.geometry import Geometry
 from ptychoflow.preprocess import Preprocess
 
 CARD_FORMAT = "ptychoflow-model-card/1"
@@ -88,6 +89,9 @@ class ModelCard:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     format: str = CARD_FORMAT
+    # how the beamline's frames and positions map onto ptychoflow's conventions, as the
+    # training scans were read (ptychoflow.geometry); the edge applies the same
+    geometry: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -117,6 +121,9 @@ class ModelCard:
                 output_pixel_size_m=float(d["output_pixel_size_m"]),
                 training=dict(d.get("training", {})), metrics=dict(d.get("metrics", {})),
                 provenance=dict(d.get("provenance", {})), format=d["format"],
+                # checked here: a card with a geometry no edge could apply is refused
+                geometry=Geometry.from_dict(d["geometry"]).to_dict() if d.get("geometry")
+                else {},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelCardError(f"model card is incomplete or malformed: {exc!r}") from exc

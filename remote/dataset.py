@@ -54,6 +54,9 @@ class TrainSet:
     output_pixel_size_m: float
     amplitude: bool = False
     scans: list[dict[str, Any]] = field(default_factory=list)
+    # the beamline's frame orientation and position axes its scans were read with
+    # (ptychoflow.geometry); every scan of a set shares it, and the model card records it
+    geometry: dict[str, Any] = field(default_factory=dict)
 
     @property
     def manifest_path(self) -> Path:
@@ -79,7 +82,7 @@ class TrainSet:
                                     f"{TRAINSET_FORMAT!r}")
             return cls(r, Preprocess.from_dict(d["preprocess"]), int(d["output_size"]),
                        float(d["output_pixel_size_m"]), bool(d.get("amplitude", False)),
-                       list(d["scans"]))
+                       list(d["scans"]), dict(d.get("geometry", {})))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise TrainSetError(f"{mp} is unreadable ({exc}); restore it or start a new "
                                 "train_dir") from exc
@@ -89,7 +92,7 @@ class TrainSet:
         write_json(self.manifest_path, {
             "format": TRAINSET_FORMAT, "preprocess": self.preprocess.to_dict(),
             "output_size": self.output_size, "output_pixel_size_m": self.output_pixel_size_m,
-            "amplitude": self.amplitude, "scans": self.scans})
+            "amplitude": self.amplitude, "scans": self.scans, "geometry": self.geometry})
 
     def add(self, key: str, x: np.ndarray, y: np.ndarray, info: dict[str, Any],
             seed: int = 0) -> dict[str, Any]:

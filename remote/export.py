@@ -173,6 +173,7 @@ def _write_model(ckpt: Checkpoint, model: PtychoNN, onnx_path: Path, cpath: Path
             outputs=[TensorSpec(name, [-1, 1, s, s]) for name in model.output_names],
             preprocessing=Preprocess.from_dict(meta["preprocess"]),
             output_pixel_size_m=float(meta["output_pixel_size_m"]),
+            geometry=dict(meta.get("geometry") or {}),
             training={"scans": meta.get("scans", []), "pairs": meta.get("pairs"),
                       "epoch": meta.get("epoch"), "round": meta.get("round"),
                       "settings": meta.get("settings", {}),

@@ -212,7 +212,7 @@ def train_round(ts: TrainSet, s: TrainSettings, progress: Progress | None = None
                     "val_pairs": len(xv), "settings": {**asdict(s),
                                                        "channels": list(s.channels)},
                     "round": (prev.meta.get("round", 0) if prev else 0) + 1,
-                    "preprocess": ts.preprocess.to_dict(),
+                    "preprocess": ts.preprocess.to_dict(), "geometry": ts.geometry,
                     "output_pixel_size_m": ts.output_pixel_size_m, "time": time.time()}
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             save_checkpoint(ts.best_checkpoint, Checkpoint(config, state, meta))
