@@ -12,7 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ptychoflow.formats import check_scan_file
 from ptychoflow.pvnames import CONTROL, PVSpec
+from ptychoflow.scanfile import ScanFileError
 
 
 def check_value(spec: PVSpec, value: Any) -> str | None:
@@ -52,7 +54,10 @@ def check_scan_path(path: str, data_root: Path) -> str | None:
     """``None`` if ``path`` names a complete scan file under ``data_root`` (or is empty).
 
     Containment is judged on the real path, so neither ``..`` nor a symlink can
-    point the workflow at a file outside the data root.
+    point the workflow at a file outside the data root. The file must be of a
+    layout :mod:`ptychoflow.formats` reads (told from its HDF5 structure, else its
+    name), with the files that layout needs besides it (a Velociprobe master
+    file's data and positions files); its frames are read only by the run.
     """
     if path == "":
         return None
@@ -72,6 +77,10 @@ def check_scan_path(path: str, data_root: Path) -> str | None:
         return f"{name} {path} is still being written (.part); wait until it is renamed"
     if not real.is_file():
         return f"{name} {path} does not exist or is not a file"
+    try:
+        check_scan_file(real)
+    except ScanFileError as exc:
+        return f"{name} {path}: {exc.problem}"
     return None
 
 

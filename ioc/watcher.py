@@ -8,8 +8,14 @@ roots are often network file systems, where inotify sees nothing.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from pathlib import Path
+
+WATCHED = ("*.h5", "*.cxi")
+"""Complete scan files of the layouts ptychoflow.formats reads (ours, CXI, a Velociprobe
+master file); ``*.part`` names never match."""
+_EIGER_DATA = re.compile(r"_data_\d{6}\.h5$")  # a master file's data: not a scan of its own
 
 
 class ScanWatcher:
@@ -23,7 +29,9 @@ class ScanWatcher:
     def _complete(self) -> list[Path]:
         found: list[tuple[float, str, Path]] = []
         try:
-            for p in self.root.rglob("*.h5"):
+            for p in (q for pattern in WATCHED for q in self.root.rglob(pattern)):
+                if _EIGER_DATA.search(p.name):
+                    continue
                 try:
                     st = p.stat()
                 except OSError:  # renamed or removed while we looked

@@ -1,6 +1,8 @@
 """The scan file: what a ptychography scan is, on disk and in memory.
 
-On disk it is an areaDetector/NeXus-style HDF5 file (see DESIGN.md, "Files"):
+:func:`read_scan` reads every layout :mod:`ptychoflow.formats` knows (ours, CXI,
+the APS Velociprobe's); this module writes ours, an areaDetector/NeXus-style
+HDF5 file (see DESIGN.md, "Files"):
 
 - ``/entry/data/data`` (N, H, W) detector counts, diffraction centred in the frame;
 - ``/entry/instrument/positions/x`` and ``.../y`` (N,) in metres, relative to the
@@ -32,9 +34,6 @@ import numpy as np
 
 PART_SUFFIX = ".part"
 PLANCK_EV_M = 1.239841984e-6  # h*c in eV*m: wavelength [m] = PLANCK_EV_M / energy [eV]
-
-_LENGTH_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
-_ENERGY_UNITS = {"eV": 1.0, "keV": 1e3}
 
 
 class ScanFileError(ValueError):
@@ -129,88 +128,18 @@ class Scan:
                                             "object; enlarge the object or shrink the scan")
 
 
-def _length(attrs: Any, name: str, path: str | os.PathLike[str]) -> float:
-    if name not in attrs:
-        raise ScanFileError(path, f"/entry/instrument has no attribute {name!r}; write it in "
-                                  "metres with a '<name>_units' attribute")
-    unit = attrs.get(f"{name}_units", "m")
-    unit = unit.decode() if isinstance(unit, bytes) else str(unit)
-    if unit not in _LENGTH_UNITS:
-        raise ScanFileError(path, f"unknown unit {unit!r} for {name}; use one of "
-                                  f"{sorted(_LENGTH_UNITS)}")
-    return float(attrs[name]) * _LENGTH_UNITS[unit]
-
-
-def _energy(attrs: Any, path: str | os.PathLike[str]) -> float:
-    if "energy" not in attrs:
-        raise ScanFileError(path, "/entry/instrument has no attribute 'energy' (photon energy "
-                                  "in eV)")
-    unit = attrs.get("energy_units", "eV")
-    unit = unit.decode() if isinstance(unit, bytes) else str(unit)
-    if unit not in _ENERGY_UNITS:
-        raise ScanFileError(path, f"unknown energy unit {unit!r}; use eV or keV")
-    return float(attrs["energy"]) * _ENERGY_UNITS[unit]
-
-
-def _require(f: h5py.File, key: str, path: str | os.PathLike[str]) -> h5py.Dataset:
-    if key not in f:
-        raise ScanFileError(path, f"missing dataset {key}")
-    obj = f[key]
-    if not isinstance(obj, h5py.Dataset):
-        raise ScanFileError(path, f"{key} is not a dataset")
-    return obj
-
-
 def read_scan(path: str | os.PathLike[str], *, frames: bool = True) -> Scan:
-    """Read and validate a scan file (HDF5 of ours, or the Siemens-star ``.npz.bz2``).
+    """Read and validate a scan file of any known layout (see :mod:`ptychoflow.formats`).
 
-    With ``frames=False`` the detector data are not loaded (``data`` is an empty
-    array of the right dtype and frame shape), for callers that only need geometry.
+    Ours, CXI, the APS Velociprobe's master file or the Siemens-star ``.npz.bz2``:
+    the layout is told from the file's content, else its name; a file of no
+    known layout is refused with every layout tried. With ``frames=False`` the
+    detector data are not loaded (``data`` is an empty array of the right dtype
+    and frame shape), for callers that only need geometry.
     """
-    p = Path(path)
-    if p.name.endswith(".npz.bz2") or p.suffix == ".npz":
-        return read_siemens_star(p)
-    if not p.exists():
-        raise ScanFileError(p, "no such file")
-    if p.name.endswith(PART_SUFFIX):
-        raise ScanFileError(p, "is still being written (*.part); wait until it is renamed")
-    try:
-        with h5py.File(p, "r") as f:
-            ds = _require(f, "entry/data/data", p)
-            if frames:
-                data = ds[()]
-            else:
-                data = np.zeros((ds.shape[0], *ds.shape[1:]), dtype=ds.dtype) if ds.ndim == 3 \
-                    else ds[()]
-            x = _require(f, "entry/instrument/positions/x", p)[()]
-            y = _require(f, "entry/instrument/positions/y", p)[()]
-            if x.shape != y.shape or x.ndim != 1:
-                raise ScanFileError(p, f"positions x {x.shape} and y {y.shape} must be equal "
-                                       "1-D arrays")
-            inst = f["entry/instrument"].attrs
-            energy = _energy(inst, p)
-            distance = _length(inst, "detector_distance", p)
-            pixel = _length(inst, "pixel_size", p)
-            probe = f["entry/instrument/probe"][()] if "entry/instrument/probe" in f else None
-            truth = None
-            truth_px = None
-            if "entry/sample/truth" in f:
-                t = f["entry/sample/truth"]
-                truth = t[()]
-                truth_px = float(t.attrs["pixel_size"]) if "pixel_size" in t.attrs else None
-            meta = {k: (v.decode() if isinstance(v, bytes) else v)
-                    for k, v in f["entry"].attrs.items()}
-    except ScanFileError:
-        raise
-    except (OSError, KeyError) as exc:
-        raise ScanFileError(p, f"not a readable HDF5 scan file ({exc}); was it truncated or "
-                               "copied before its writer finished?") from exc
-    scan = Scan(data=data, positions=np.stack([y, x], axis=1).astype(np.float64),
-                energy_ev=energy, distance_m=distance, pixel_size_m=pixel, probe=probe,
-                truth=truth, truth_pixel_size_m=truth_px, metadata=meta)
-    if frames:
-        scan.validate(p)
-    return scan
+    from ptychoflow.formats import read_any  # the readers build on this module's Scan
+
+    return read_any(path, frames=frames)
 
 
 def final_path(path: str | os.PathLike[str]) -> Path:

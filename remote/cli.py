@@ -51,13 +51,16 @@ class RemoteSettings:
     tensorrt: bool = setting(True, "build a TensorRT engine where TensorRT and a GPU exist")
     int8: bool = setting(False, "export also writes model-vN-int8.onnx, calibrated on the scan, "
                                 "for CPU edges (ptychoflow edge --int8 serves it)")
+    recon_cxi: bool = setting(True, "reconstruct also writes <scan>-recon.cxi: object and probe "
+                                    "as CXI in ptychodus' layout, for other ptychography tools")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
     """Add the sub-subcommands."""
     sub = parser.add_subparsers(dest="remote_command", metavar="STAGE", required=True)
     p = sub.add_parser("reconstruct", help="iterative reconstruction of a scan file")
-    p.add_argument("scan", help="scan file (.h5, or the Siemens-star .npz.bz2)")
+    p.add_argument("scan", help="scan file (ours .h5, CXI .cxi, an APS Velociprobe "
+                                "*_master.h5, or the Siemens-star .npz.bz2)")
     p.set_defaults(func=_run("reconstruct"))
     p = sub.add_parser("train", help="add a scan to the training set and train one round")
     p.add_argument("scan", help="scan file")

@@ -39,7 +39,7 @@ class TrainSetError(ValueError):
 def scan_key(scan_path: str | os.PathLike[str]) -> str:
     """A file-name-safe key for a scan: its file name without extensions."""
     name = Path(scan_path).name
-    for ext in (".part", ".bz2", ".npz", ".h5"):
+    for ext in (".part", ".bz2", ".npz", ".h5", ".cxi"):
         name = name.removesuffix(ext)
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "scan"
 

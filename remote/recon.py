@@ -4,7 +4,8 @@ The solver is a small back end behind one interface (:class:`Solver`), picked
 by ``ReconSettings.engine``: pty-chi (PyTorch, CPU or GPU) always, Tike only
 where it is installed with CuPy and a GPU. The result is a
 :class:`Reconstruction`, written to HDF5 atomically by
-:func:`write_reconstruction`.
+:func:`write_reconstruction` and, for other ptychography tools, as CXI by
+:func:`write_reconstruction_cxi`.
 
 Coordinates: the object array's pixel ``origin_px`` (its centre, ``shape // 2``)
 is scan position (0, 0); a frame's centre pixel ``h // 2`` sits on its position.
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 import h5py
 import numpy as np
 
+from ptychoflow.formats import write_cxi_reconstruction
 from ptychoflow.remote._files import atomic_path
 from ptychoflow.scanfile import Scan
 
@@ -339,6 +341,22 @@ def write_reconstruction(path: str | os.PathLike[str], rec: Reconstruction) -> P
         f.create_dataset("positions_px", data=rec.positions_px)
         f.create_dataset("error", data=np.asarray(rec.errors, np.float64))
     return Path(path)
+
+
+def write_reconstruction_cxi(path: str | os.PathLike[str], rec: Reconstruction,
+                             scan: Scan) -> Path:
+    """Write the reconstruction as CXI (ptychodus' product layout) for other tools.
+
+    The object goes to ``/entry_1/image_2/data``, the probe to
+    ``/entry_1/image_1/data`` (linked as ``instrument_1/source_1/illumination``);
+    see :mod:`ptychoflow.formats`. Atomic, like :func:`write_reconstruction`.
+    """
+    return write_cxi_reconstruction(
+        path, object_=rec.object, probe=rec.probe, pixel_size_m=rec.pixel_size_m,
+        positions_px=rec.positions_px, origin_px=rec.origin_px, energy_ev=scan.energy_ev,
+        distance_m=scan.distance_m, detector_pixel_size_m=scan.pixel_size_m,
+        errors=rec.errors, title=Path(rec.source).name if rec.source else "",
+        note=f"{rec.settings.get('algorithm', '')} reconstruction, {len(rec.errors)} epochs")
 
 
 def read_reconstruction(path: str | os.PathLike[str]) -> Reconstruction:

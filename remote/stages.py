@@ -45,8 +45,17 @@ def _stem(path: Path) -> str:
 
 def reconstruct(scan_path: str, workdir: str, params: Params,
                 progress: Reporter | None = None) -> dict[str, Any]:
-    """Iterative reconstruction (rPIE by default) into ``workdir/<scan>-recon.h5``."""
-    from ptychoflow.remote.recon import ReconSettings, reconstruct_scan, write_reconstruction
+    """Iterative reconstruction (rPIE by default) into ``workdir/<scan>-recon.h5``.
+
+    Alongside it ``<scan>-recon.cxi``, the same object and probe as CXI for other
+    ptychography tools (ptychodus opens it), unless ``params["recon_cxi"]`` is false.
+    """
+    from ptychoflow.remote.recon import (
+        ReconSettings,
+        reconstruct_scan,
+        write_reconstruction,
+        write_reconstruction_cxi,
+    )
 
     path = _scan_path(scan_path, params)
     try:
@@ -56,10 +65,14 @@ def reconstruct(scan_path: str, workdir: str, params: Params,
     scan = _read(path)
     rec = reconstruct_scan(scan, settings, progress)
     out = write_reconstruction(Path(workdir) / f"{_stem(path)}-recon.h5", rec)
-    return {"reconstruction": str(out), "epochs": len(rec.errors),
-            "final_error": rec.errors[-1], "algorithm": settings.algorithm,
-            "recon_seconds": rec.seconds,
-            "recon_seconds_per_frame": rec.seconds / scan.n_frames}
+    result: dict[str, Any] = {"reconstruction": str(out), "epochs": len(rec.errors),
+                              "final_error": rec.errors[-1], "algorithm": settings.algorithm,
+                              "recon_seconds": rec.seconds,
+                              "recon_seconds_per_frame": rec.seconds / scan.n_frames}
+    if params.get("recon_cxi", True):
+        cxi = write_reconstruction_cxi(out.with_suffix(".cxi"), rec, scan)
+        result["reconstruction_cxi"] = str(cxi)
+    return result
 
 
 def train(scan_path: str, workdir: str, params: Params,

@@ -49,7 +49,8 @@ class SimSettings:
     seed: int = setting(0, "random seed (object blobs and photon noise)")
     out: str = setting("scans", "folder for the scan files; empty: do not save")
     name: str = setting("scan", "scan file name stem: NAME_0001.h5, ...")
-    replay: str = setting("", "stream this scan file (ours or the Siemens-star .npz.bz2) "
+    replay: str = setting("", "stream this scan file (any layout read_scan reads: ours, CXI, "
+                              "an APS Velociprobe *_master.h5, the Siemens-star .npz.bz2) "
                               "instead of simulating")
     wait: bool = setting(False, "do not start at once: wait for a put to "
                                 f"{DETECTOR.cam1_acquire.suffix}")

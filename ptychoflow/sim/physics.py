@@ -186,10 +186,11 @@ def simulate_scan(n_frames: int = 963, size: int = 128, step_m: float = 50e-9,
     shape = object_shape_for(pos_px, size)
     if obj is None:
         truth = sample_pattern(shape, seed)
-    elif str(obj).endswith((".h5", ".npz.bz2")):
+    elif str(obj).endswith((".h5", ".cxi", ".npz.bz2")):
         src = read_scan(obj)
         if src.truth is None:
-            raise ValueError(f"{obj} has no /entry/sample/truth to reuse as the object")
+            raise ValueError(f"{obj} has no truth object to reuse (ours: /entry/sample/truth, "
+                             "CXI written by ptychoflow: /entry_1/ptychoflow/truth)")
         truth = _fit(src.truth, shape)
     else:
         truth = object_from_image(obj, shape)
