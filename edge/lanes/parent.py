@@ -1,34 +1,21 @@
 """Lanes: one process per input PV, for detectors whose frames are split over several PVs.
 
-This module is the edge process's side (:class:`LaneSet`); the lane process
-itself is :mod:`ptychoflow.edge.lanes.child`, what the two say to each other
-:mod:`ptychoflow.edge.lanes.protocol`, and one lane's handle here (with its
-restarts) :mod:`ptychoflow.edge.lanes.handle`.
+This is the edge process's side (:class:`LaneSet`, a ``FrameSource``); the lane
+process is :mod:`~ptychoflow.edge.lanes.child`, what the two say to each other
+:mod:`~ptychoflow.edge.lanes.protocol`, one lane's end here (and its restarts)
+:mod:`~ptychoflow.edge.lanes.handle`.
 
-At thousands of frames a second the edge's own Python work per frame, not
-the engine, sets the pace, and one process's Python takes turns on one
-interpreter lock (README, "Thousands of frames a second"). areaDetector
-scales the same way: NDPluginScatter hands frames round the NDPluginPva
-plugins after it, each serving its own PV. Given several input PVs
-(``--input "P:Pva1:Image P:Pva2:Image"``) the edge runs one *lane* process
-per PV. A lane does what the edge process does for one input: decode,
-queue (drop-oldest, counted), check, read positions, preprocess, run its own
-engine (its own GPU where there are several) and swap models between two of
-its batches. It copies each batch's outputs into a shared-memory slot of the
-edge process and sends only the frames' ids, times and positions; the edge
-process posts the images from the slot, stitches and serves every PV, then
-gives the slot back. A lane with no free slot waits, so a slow publisher
-slows the lanes (whose queues then drop the oldest frames, counted) rather
-than growing memory.
-
-What the edge process keeps per frame is the post and the map; decoding,
-checks, preprocessing and batching move to the lanes (on 2 cores its Python
-per frame fell from 72-96 us to 31-58 us, ``benchmarks/edge_lanes.py``).
-The uniqueIds of one lane are not consecutive (the scatter decides which lane
-gets a frame), so no lane can count gaps: each reports every frame it took,
-in order, and the edge process counts the ids no lane saw
-(:mod:`ptychoflow.edge.lanes.ledger`). A lane that dies is restarted on the same
-input and model; what it held is counted by the same ledger.
+At thousands of frames a second the edge's Python work per frame, not the
+engine, sets the pace, and one process's Python takes turns on one interpreter
+lock. areaDetector scales the same way: NDPluginScatter hands frames round
+several NDPluginPva. A lane does for its PV what the edge process does for one
+input (decode, queue, check, position, preprocess, its own engine, hot swap)
+and hands each batch's outputs over in a shared-memory slot; the edge process
+posts, stitches and serves every PV, then gives the slot back (a lane with no
+free slot waits: a slow publisher slows the lanes, never grows memory). No
+lane can count gaps in uniqueId (the scatter interleaves them), so each
+reports every frame it took, in order, and the edge process counts the ids no
+lane saw (:mod:`~ptychoflow.edge.lanes.ledger`). docs/edge.md tells the rest.
 """
 
 from __future__ import annotations
