@@ -17,6 +17,6 @@ What lives where:
   (local processes, Parsl, Globus Compute), ``globus_auth`` and ``login_cli``,
   ``flow_cli`` (Globus Flows), ``sitecheck`` (is the compute site compatible?);
 - clients of the IOC: ``devices`` (ophyd), ``devices_async`` (ophyd-async), ``plans``
-  (Bluesky), ``naming``;
+  (Bluesky), ``naming``; and of the edge and the simulator: ``devices_edge`` (ophyd-async);
 - benchmarks: ``bench`` (PV latency), ``remotebench`` (back ends).
 """

@@ -4,6 +4,9 @@
 apply settings, point ``Scan:Path`` at the file, start, and wait for the run
 to end. A refused setting or start, and a run that ends Failed or Aborted,
 raise :class:`WorkflowError` carrying the IOC's own ``Message_RBV`` text.
+
+``record_edge_map`` is the edge's: arm it, acquire one scan with the detector
+simulator, and record the stitched map of that scan in one event.
 """
 
 from __future__ import annotations
@@ -12,13 +15,17 @@ import math
 import time
 from collections.abc import Generator
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
 from bluesky.utils import Msg
 
 from ptychoflow.ioc.naming import spec_for
 from ptychoflow.pvnames import CONTROL, PVSpec, attr_name
+
+if TYPE_CHECKING:
+    from ptychoflow.ioc.devices_edge import EdgeDetector, SimDetector
 
 Plan = Generator[Msg, Any, Any]
 
@@ -112,3 +119,39 @@ def process_scan(workflow: Any, path: str | PathLike[str], *, timeout: float | N
     if state != "Done":
         raise WorkflowError(f"run {run} ended {state}: {msg}")
     return {"run_id": run, "state": state, "message": msg}
+
+
+def record_edge_map(edge: EdgeDetector, detector: SimDetector, *, rate: float | None = None,
+                    settle_s: float = 30.0, poll_s: float = 0.1,
+                    md: dict[str, Any] | None = None) -> Plan:
+    """One run, one event: the edge's map of one acquisition; returns ``{frames, caught_up}``.
+
+    Stages both devices (a new map, counters from zero), sets the simulator's
+    frame rate when ``rate`` is given, starts an acquisition
+    (``cam1:Acquire`` = 1) and waits until the simulator puts it back to 0,
+    then waits up to ``settle_s`` seconds for the edge to deal with every frame
+    sent (:meth:`~ptychoflow.ioc.devices_edge.EdgeDetector.wait_caught_up`) and
+    records one event with the map, its pixel size and origin, the edge's
+    counters for the scan and the frames the simulator sent. An edge that did
+    not catch up still gets its event (a map of most of a scan beats none):
+    ``caught_up`` is then False and the counters say what is missing. The
+    edge must already follow the simulator's image PV (``Edge:Input``).
+    Aborting the plan stops the acquisition (``unstage``).
+    """
+    result: dict[str, Any] = {}
+
+    @bpp.stage_decorator([edge, detector])
+    @bpp.run_decorator(md={"plan_name": "record_edge_map", **(md or {})})
+    def inner() -> Plan:
+        if rate is not None:
+            yield from bps.mv(detector.cam1_acquire_rate, rate)
+        yield from bps.mv(detector.cam1_acquire, 1)
+        while (yield from bps.rd(detector.cam1_acquire)):
+            yield from bps.sleep(poll_s)
+        frames = int((yield from bps.rd(detector.cam1_array_counter)))
+        (done,) = yield from bps.wait_for([lambda: edge.wait_caught_up(frames, settle_s, poll_s)])
+        yield from bps.trigger_and_read([edge, detector])
+        result.update(frames=frames, caught_up=bool(done.result()))
+
+    yield from inner()  # returns the run's uid, not what the run found
+    return result

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ptychoflow.geometry import Geometry
 from ptychoflow.ioc import access
 from ptychoflow.ioc.autosave import Autosave
 from ptychoflow.ioc.compute import COMPUTES, Compute, table_of
@@ -171,6 +172,7 @@ class ControlIoc:
             "model_dir": str(self.work / "models"),
             "train_dir": str(self.work / "training"),
             "int8": bool(self.settings.int8_models),
+            "geometry": Geometry.parse(self.settings.geometry).to_dict(),
         }
 
     def _launch(self, path: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ptychoflow.config import ConfigError, setting
+from ptychoflow.geometry import Geometry
 from ptychoflow.ioc.stagetable import COMPUTE_STAGES
 from ptychoflow.pvnames import CONTROL, DEFAULT_PREFIX
 from ptychoflow.stages import StageFn
@@ -35,6 +36,9 @@ class IocSettings:
     int8_models: bool = setting(False, "each exported model gets an int8 copy, "
                                        "model-vN-int8.onnx, which an edge run with --int8 "
                                        "serves (faster on CPU edges)")
+    geometry: str = setting("", "how this beamline's frames and positions differ from "
+                                "ptychoflow's conventions, e.g. 'transpose flip_rows x_sign=-1 "
+                                "position_unit=um' (docs/files.md); recorded in each model card")
     poll_s: float = setting(0.5, "how often Auto mode looks for new scan files (s)")
     abort_grace_s: float = setting(3.0, "how long an aborted stage may take to stop before "
                                         "its worker process is terminated (s)")
@@ -50,6 +54,10 @@ class IocSettings:
     def __post_init__(self) -> None:
         if not self.prefix:
             raise ConfigError("prefix must not be empty; set --prefix, e.g. PTYCHO:")
+        try:
+            Geometry.parse(self.geometry)
+        except ValueError as exc:
+            raise ConfigError(f"geometry in [ioc]: {exc}") from exc
         if self.poll_s <= 0 or self.abort_grace_s < 0:
             raise ConfigError("poll_s must be > 0 and abort_grace_s >= 0")
         if self.max_concurrent_stages < 0 or self.quality_runs < 1:

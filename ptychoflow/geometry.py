@@ -93,6 +93,36 @@ class Geometry:
         return dataclasses.replace(scan, data=np.ascontiguousarray(self.frames(scan.data)),
                                    positions=self.positions_yx(scan.positions), metadata=meta)
 
+    @classmethod
+    def parse(cls, text: str) -> Geometry:
+        """From the one-line setting every part takes (``geometry`` in ``[edge]``, ``[ioc]``,
+        ``ptychoflow remote``): words ``transpose``, ``flip_rows``, ``flip_cols``,
+        ``swap_xy`` and ``x_sign=-1``, ``y_sign=-1``, ``position_unit=um``; empty: identity.
+        """
+        flags = {"transpose", "flip_rows", "flip_cols", "swap_xy"}
+        values: dict[str, Any] = {}
+        for word in text.replace(",", " ").split():
+            key, _, value = word.partition("=")
+            if key in flags and not value:
+                values[key] = True
+            elif key in ("x_sign", "y_sign") and value in ("1", "+1", "-1"):
+                values[key] = int(value)
+            elif key == "position_unit" and value:
+                values[key] = value
+            else:
+                raise ValueError(f"geometry word {word!r} unknown; use {', '.join(sorted(flags))}"
+                                 ", x_sign=-1, y_sign=-1, position_unit=m|mm|um|nm")
+        return cls(**values)
+
+    def words(self) -> str:
+        """The one-line form :meth:`parse` reads (empty for the identity)."""
+        d = self.to_dict()
+        out = [k for k in ("transpose", "flip_rows", "flip_cols", "swap_xy") if d[k]]
+        out += [f"{k}={d[k]}" for k in ("x_sign", "y_sign") if d[k] != 1]
+        if self.position_unit != "m":
+            out.append(f"position_unit={self.position_unit}")
+        return " ".join(out)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (the model card's ``geometry``)."""
         return dataclasses.asdict(self)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ptychoflow.geometry import Geometry
 from ptychoflow.scanfile import Scan, read_scan
 from ptychoflow.stages import Reporter
 
@@ -31,8 +32,15 @@ def _scan_path(scan_path: str, params: Params) -> Path:
     return Path(params.get("path") or scan_path)
 
 
-def _read(path: Path) -> Scan:
-    scan = read_scan(path)
+def _read(path: Path, params: Params | None = None) -> Scan:
+    """The scan in ptychoflow's conventions: the beamline's ``geometry`` (frame orientation,
+    position axes) applied here, where every stage reads it (ptychoflow.geometry).
+    """
+    try:
+        geometry = Geometry.from_dict((params or {}).get("geometry"))
+    except (TypeError, ValueError) as exc:
+        raise StageError(f"geometry: {exc}") from exc
+    scan = geometry.scan(read_scan(path))
     scan.metadata["path"] = str(path)
     return scan
 
@@ -62,7 +70,7 @@ def reconstruct(scan_path: str, workdir: str, params: Params,
         settings = ReconSettings.from_params(params)
     except (TypeError, ValueError) as exc:
         raise StageError(f"reconstruction parameters: {exc}") from exc
-    scan = _read(path)
+    scan = _read(path, params)
     rec = reconstruct_scan(scan, settings, progress)
     out = write_reconstruction(Path(workdir) / f"{_stem(path)}-recon.h5", rec)
     result: dict[str, Any] = {"reconstruction": str(out), "epochs": len(rec.errors),
@@ -124,7 +132,7 @@ def _add_pairs(scan_path: str, params: Params, root: Path, seed: int) -> Any:
     from ptychoflow.remote.recon import read_reconstruction
 
     path = _scan_path(scan_path, params)
-    scan = _read(path)
+    scan = _read(path, params)
     rec = read_reconstruction(params["reconstruction"])
     ts = TrainSet.open(root)
     if ts is None:
@@ -136,7 +144,12 @@ def _add_pairs(scan_path: str, params: Params, root: Path, seed: int) -> Any:
                          params.get("intensity", "sqrt"))
         pre = Preprocess(pre.input_size, pre.crop, pre.intensity, input_scale(scan, pre))
         ts = TrainSet(root, pre, size, output_pixel_size(scan, pre),
-                      bool(params.get("amplitude", False)))
+                      bool(params.get("amplitude", False)),
+                      geometry=Geometry.from_dict(params.get("geometry")).to_dict())
+    if Geometry.from_dict(ts.geometry) != Geometry.from_dict(params.get("geometry")):
+        raise StageError(f"{path}: read with geometry {params.get('geometry') or {}} but the "
+                         f"training set in {root} was made with {ts.geometry or {}}; use "
+                         "another train_dir for another detector or stage orientation")
     px = output_pixel_size(scan, ts.preprocess)
     if abs(px / ts.output_pixel_size_m - 1) > 0.01:
         raise StageError(f"{path}: its geometry gives an output pixel of {px:.3e} m but the "
@@ -162,7 +175,7 @@ def export(scan_path: str, workdir: str, params: Params,
                          "checkpoint")
     ckpt = load_checkpoint(ckpt_path)
     path = _scan_path(scan_path, params)
-    scan = _read(path)
+    scan = _read(path, params)
     if progress is not None:
         progress(0.1, message="measuring quality")
     quality, x, stitched = evaluate_scan(ckpt, scan, params.get("reconstruction"))

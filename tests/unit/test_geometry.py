@@ -68,3 +68,11 @@ def test_the_model_card_records_the_geometry(tmp_path) -> None:
     d["geometry"] = {"transpose": True, "spin": 1}
     with pytest.raises(ModelCardError, match="spin"):
         ModelCard.from_dict(d)
+
+
+def test_the_one_line_setting_reads_and_writes() -> None:
+    g = Geometry.parse("transpose flip_cols x_sign=-1 position_unit=um")
+    assert g == Geometry(transpose=True, flip_cols=True, x_sign=-1, position_unit="um")
+    assert Geometry.parse(g.words()) == g and Geometry.parse("") == Geometry()
+    with pytest.raises(ValueError, match="'rotate=90' unknown"):
+        Geometry.parse("rotate=90")
