@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ptychoflow.config import setting
 from ptychoflow.edge.infer.engines import ENGINES as ENGINE_REGISTRY
+from ptychoflow.edge.input.channels import split_name
 from ptychoflow.edge.threads import POLICIES
 from ptychoflow.pvnames import DEFAULT_PREFIX, EDGE
 
@@ -53,6 +54,32 @@ class EdgeSettings:
     positions: str = setting("", "positions file (.npy/.csv/.txt x y in metres, or a scan .h5) "
                                  "used when frames carry no PositionX/PositionY; row = "
                                  "uniqueId - 1")
+    position_x_pv: str = setting("", "motor readback PV of the x position in metres, each "
+                                      "update time-stamped (a motor's .RBV): pvAccess, or "
+                                      "Channel Access as ca://NAME; with --position-y-pv, for "
+                                      "frames without PositionX/PositionY")
+    position_y_pv: str = setting("", "motor readback PV of the y position (see --position-x-pv)")
+    position_stream_pv: str = setting("", "pvAccess PV streaming positions (NTTable, or a "
+                                           "structure: x, y and a uniqueId or timestamp "
+                                           "column, POSIX seconds), as a PandA's position "
+                                           "capture sends; for frames without PositionX/"
+                                           "PositionY")
+    position_x_column: str = setting("x", "x column of --position-stream-pv (PositionX "
+                                          "also accepted)")
+    position_y_column: str = setting("y", "y column of --position-stream-pv (PositionY "
+                                          "also accepted)")
+    position_tolerance_ms: float = setting(5.0, "a frame takes channel positions only from "
+                                                "samples this close to its time stamp "
+                                                "(never extrapolated); else it is unplaced")
+    position_wait_ms: float = setting(200.0, "longest wait for channel positions after a "
+                                             "batch's last frame arrived (positions may come "
+                                             "later than frames), once per batch")
+    position_hold_ms: float = setting(0.0, "motor readbacks: a sample also stands for frames "
+                                           "up to this long after it when no other is within "
+                                           "the tolerance, as a motor at rest posts nothing "
+                                           "(the stepping axis of a raster fly scan); 0: never")
+    position_history: int = setting(20000, "samples (or stream rows) kept per position axis; "
+                                           "the newest are kept (bounds memory)")
     pixel_size_m: float = setting(0.0, "real-space pixel of the network output, for models "
                                        "without a card (metres)")
     scan_id_attribute: str = setting("ScanId", "frame attribute whose change starts a new map")
@@ -81,6 +108,7 @@ class EdgeSettings:
             raise ValueError(f"input_queue must be at least 1, got {self.input_queue}")
         if self.stitch_rate_hz <= 0:
             raise ValueError(f"stitch_rate_hz must be positive, got {self.stitch_rate_hz}")
+        self._check_positions()
         if self.pixel_size_m < 0:
             raise ValueError(f"pixel_size_m must be >= 0, got {self.pixel_size_m}")
         if self.scheduling not in POLICIES:
@@ -89,3 +117,28 @@ class EdgeSettings:
             raise ValueError(f"engine {self.engine!r} unknown; use one of {ENGINES}")
         if self.device not in DEVICES:
             raise ValueError(f"device {self.device!r} unknown; use one of {DEVICES}")
+
+    def _check_positions(self) -> None:
+        if bool(self.position_x_pv) != bool(self.position_y_pv):
+            raise ValueError("give both --position-x-pv and --position-y-pv, or neither")
+        given = [n for n, v in (("--positions", self.positions),
+                                ("--position-x-pv/--position-y-pv", self.position_x_pv),
+                                ("--position-stream-pv", self.position_stream_pv)) if v]
+        if len(given) > 1:
+            raise ValueError(f"{' and '.join(given)} are alternatives for frames without "
+                             "PositionX/PositionY; give one")
+        for name in (self.position_x_pv, self.position_y_pv, self.position_stream_pv):
+            if name:
+                split_name(name)  # ValueError for an unknown scheme
+        if self.position_stream_pv and split_name(self.position_stream_pv)[0] != "pva":
+            raise ValueError(f"position stream {self.position_stream_pv}: a stream is an "
+                             "NTTable, which only pvAccess carries; give its pvAccess name")
+        if self.position_tolerance_ms < 0:
+            raise ValueError(f"position_tolerance_ms must be >= 0, got "
+                             f"{self.position_tolerance_ms}")
+        if self.position_hold_ms < 0:
+            raise ValueError(f"position_hold_ms must be >= 0, got {self.position_hold_ms}")
+        if self.position_wait_ms < 0:
+            raise ValueError(f"position_wait_ms must be >= 0, got {self.position_wait_ms}")
+        if self.position_history < 2:
+            raise ValueError(f"position_history must be at least 2, got {self.position_history}")

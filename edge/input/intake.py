@@ -88,7 +88,8 @@ class Intake:
         self.fifo = fifo
         self.message = message
         self.unserved = 0  # frames that arrived while no model was loaded
-        self.positions = PositionSource(settings.positions)
+        # frame attributes, position channels (subscribed by each lane's own intake) or a file
+        self.positions = PositionSource.from_settings(settings, conf, message)
         self.queue: FrameQueue[Incoming] = FrameQueue(settings.queue_size)
         # a lane's observer accounts for every frame, in order, for the edge process's
         # ledger; the lane's own ids skip the other lanes' frames, so it counts no gaps
@@ -227,6 +228,9 @@ class Intake:
     def _submit(self, items: list[Incoming], served: Served) -> None:
         """Check, preprocess and submit (frames of one shape per batch)."""
         frames, arrivals, positions = [], [], []
+        if self.settings.stitch:  # positions may come after their frames: wait once a batch
+            self.positions.settle([it.frame for it in items if it.frame is not None],
+                                  max(it.arrival for it in items))
         for it in items:
             res = self._check(it, served)
             if isinstance(res, str):
@@ -274,6 +278,7 @@ class Intake:
         self._stop.set()
         self.queue.close()
         self._thread.join(30)
+        self.positions.close()
 
     def close(self) -> None:
         """After the consumer has taken CLOSE: release the model(s) still held."""
