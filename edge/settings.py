@@ -8,6 +8,7 @@ from ptychoflow.config import setting
 from ptychoflow.edge.infer.engines import ENGINES as ENGINE_REGISTRY
 from ptychoflow.edge.input.channels import split_name
 from ptychoflow.edge.threads import POLICIES
+from ptychoflow.geometry import Geometry
 from ptychoflow.pvnames import DEFAULT_PREFIX, EDGE
 
 ENGINES = ("auto", *ENGINE_REGISTRY)
@@ -80,6 +81,10 @@ class EdgeSettings:
                                            "(the stepping axis of a raster fly scan); 0: never")
     position_history: int = setting(20000, "samples (or stream rows) kept per position axis; "
                                            "the newest are kept (bounds memory)")
+    geometry: str = setting("", "how the detector's frames and the positions differ from "
+                                "ptychoflow's conventions, e.g. 'transpose flip_rows x_sign=-1 "
+                                "position_unit=um'; a model's card that records one wins, and "
+                                "must agree (docs/files.md)")
     pixel_size_m: float = setting(0.0, "real-space pixel of the network output, for models "
                                        "without a card (metres)")
     scan_id_attribute: str = setting("ScanId", "frame attribute whose change starts a new map")
@@ -94,6 +99,7 @@ class EdgeSettings:
     trt_cache_dir: str = setting("", "TensorRT engine cache folder (default: <model_dir>/.trt)")
 
     def __post_init__(self) -> None:
+        Geometry.parse(self.geometry)  # ValueError names the word it does not know
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, got {self.workers}")
         if self.streams < 0:

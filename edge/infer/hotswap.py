@@ -29,6 +29,7 @@ from ptychoflow.edge.infer.modelcheck import (
 from ptychoflow.edge.infer.runners import ProcessRunner, Runner, ThreadRunner
 from ptychoflow.edge.messages import ModelNote
 from ptychoflow.edge.settings import EdgeSettings
+from ptychoflow.geometry import Geometry
 from ptychoflow.modelcard import ModelCardError
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def prepare(spec: str, settings: EdgeSettings, model_dir: Path) -> Served:
         raise ModelError(str(exc)) from exc
     try:
         info = describe_model(path, engine.input_name, engine.input_shape, engine.outputs,
-                              settings.pixel_size_m)
+                              settings.pixel_size_m, geometry=Geometry.parse(settings.geometry))
     except ModelError:
         engine.close()
         raise

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ptychoflow.geometry import Geometry
 from ptychoflow.modelcard import (
     ModelCard,
     ModelCardError,
@@ -86,6 +87,7 @@ class ModelInfo:
     preprocess: Preprocess
     pixel_size_m: float
     card: ModelCard | None
+    geometry: Geometry = field(default_factory=Geometry)  # applied to each frame and position
 
     @property
     def has_card(self) -> bool:
@@ -104,12 +106,16 @@ def _check_image_output(name: str, shape: Sequence[Dim], h: int, w: int) -> None
 
 def describe_model(path: Path, input_name: str, input_shape: Sequence[object],
                    outputs: Sequence[tuple[str, Sequence[object]]], default_pixel_m: float,
-                   verify: bool = True) -> ModelInfo:
+                   verify: bool = True, geometry: Geometry | None = None) -> ModelInfo:
     """Check a model against its card (if any) and say what it expects.
 
     ``input_shape``/``outputs`` are what the engine reports (ints, or strings
-    or None for dynamic axes). Raises :class:`ModelError` naming the mismatch.
+    or None for dynamic axes). ``geometry``: the edge's own setting, which a
+    model without a recorded geometry is served with, and which must agree with
+    the geometry a card records (the network was trained on scans read so).
+    Raises :class:`ModelError` naming the mismatch.
     """
+    edge_geometry = geometry or Geometry()
     shape = [_dim(d) for d in input_shape]
     if len(shape) != 4 or shape[1] not in (1, None):
         raise ModelError(f"{path.name}: input {input_name} has shape {list(input_shape)}; the "
@@ -149,6 +155,14 @@ def describe_model(path: Path, input_name: str, input_shape: Sequence[object],
                              f"{pre.input_size} inputs, the model takes {h}x{w}")
         pixel = card.output_pixel_size_m
         version = card.version
+        trained = Geometry.from_dict(card.geometry)
+        if card.geometry and geometry is not None and not geometry.identity \
+                and geometry != trained:
+            raise ModelError(f"{path.name}: trained on scans read with geometry "
+                             f"{trained.words() or '(none)'!r}, but the edge is set to "
+                             f"{geometry.words()!r}; fix geometry in [edge] or retrain")
+        if card.geometry:
+            edge_geometry = trained
     else:
         if h != w:
             raise ModelError(f"{path.name}: input {h}x{w} is not square and the model has no "
@@ -158,4 +172,5 @@ def describe_model(path: Path, input_name: str, input_shape: Sequence[object],
         version = version_of(path) or 0
     return ModelInfo(path=path, version=version, input_name=input_name, batch=shape[0],
                      height=h, width=w, output_names=out_names, phase_index=phase,
-                     amplitude_index=amp, preprocess=pre, pixel_size_m=pixel, card=card)
+                     amplitude_index=amp, preprocess=pre, pixel_size_m=pixel, card=card,
+                     geometry=edge_geometry)

@@ -182,8 +182,9 @@ class Intake:
             return f"frame {item.frame.unique_id} is empty"
         if a.dtype.kind not in "uif":
             return f"frame {item.frame.unique_id} has data type {a.dtype}, not a number type"
+        geometry = served.info.geometry
         try:
-            served.info.preprocess.check_frame_shape(a.shape)
+            served.info.preprocess.check_frame_shape(geometry.frame_shape(a.shape))
         except ValueError as exc:
             return f"frame {item.frame.unique_id}: {exc}"
         if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -197,7 +198,7 @@ class Intake:
                 self.message(f"{self.unplaced} frame(s) left off the map (counted in "
                              f"{EDGE.unplaced.suffix}): {pos}")
             return None
-        return pos
+        return geometry.xy(*pos)  # the beamline's axes and unit -> ptychoflow's
 
     def _collect(self) -> None:
         name_os_thread()
@@ -246,7 +247,8 @@ class Intake:
             idx = [i for i, f in enumerate(frames) if f.array.shape == shape]
             group = [frames[i] for i in idx]
             try:
-                x = served.info.preprocess(np.stack([f.array for f in group]))
+                stack = served.info.geometry.frames(np.stack([f.array for f in group]))
+                x = served.info.preprocess(stack)
             except (ValueError, TypeError) as exc:  # never let one batch stop the edge
                 for _ in group:
                     self.bad_frame(f"preprocessing failed: {exc}")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ptychoflow.edge.input.channels import PositionChannels
-from ptychoflow.edge.input.matching import XY, LivePositions
+from ptychoflow.edge.input.matching import LivePositions
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.ntnda import Frame
 
@@ -59,15 +59,6 @@ def load_positions(path: str | Path) -> np.ndarray:
     return arr
 
 
-def as_metres(xy: XY) -> XY:
-    """Channel positions as they come: metres, x along the map's columns, y along its rows.
-
-    The hook for axis signs and units (a readback in mm, a stage whose x runs
-    the other way): a later setting replaces this with its conversion.
-    """
-    return xy
-
-
 def has_attributes(frame: Frame) -> bool:
     """The frame carries its own position."""
     return ATTR_X in frame.attributes and ATTR_Y in frame.attributes
@@ -87,7 +78,6 @@ class PositionSource:
         self.live = live
         self.channels = channels
         self.wait_s = wait_s
-        self.convert: Callable[[XY], XY] = as_metres
 
     @classmethod
     def from_settings(cls, settings: EdgeSettings, conf: Mapping[str, str] | None = None,
@@ -136,7 +126,7 @@ class PositionSource:
             got = self.live.position(frame)
             if isinstance(got, str):
                 return f"frame {frame.unique_id} (time {frame.timestamp:.6f}): {got}"
-            return self.convert(got)
+            return got
         if self.table is None:
             return (f"frame {frame.unique_id} has no PositionX/PositionY attributes and no "
                     "positions file or position channels are configured (set --positions, "

@@ -225,3 +225,25 @@ def test_openvino_runs_a_quantized_model_in_int8(tmp_path: Path) -> None:
     # network differs from it by 5 % of the output on average
     assert float(np.abs(got - ref).mean()) < 0.01 * float(np.abs(ref).mean())
     assert OpenVINOEngine(fp32, threads=1, half=False).precision == "fp32"
+
+
+def test_the_card_s_geometry_is_served_and_a_different_edge_setting_refused(
+        tmp_path: Path) -> None:
+    from ptychoflow.geometry import Geometry
+    from ptychoflow.modelcard import ModelCard
+
+    path = affine_model(tmp_path / "model-v1.onnx", 32)
+    card = write_card(path, 1, Preprocess(input_size=32), 1e-8)
+    trained = Geometry(transpose=True, x_sign=-1)
+    card.geometry = trained.to_dict()
+    card.save(path.with_suffix(".json"))
+    ModelCard.load(path.with_suffix(".json"))
+    served = prepare(str(path), EdgeSettings(threads=1), tmp_path)
+    try:
+        assert served.info.geometry == trained  # the edge set to nothing: the card's
+    finally:
+        served.close()
+    served = prepare(str(path), EdgeSettings(threads=1, geometry=trained.words()), tmp_path)
+    served.close()  # the same, said twice: fine
+    with pytest.raises(ModelError, match="trained on scans read with geometry"):
+        prepare(str(path), EdgeSettings(threads=1, geometry="flip_rows"), tmp_path)

@@ -75,6 +75,36 @@ def test_predictions_carry_ids_and_stitched_map_matches_object(
     assert {"edge-input", "edge-collect", "edge-publish"} <= names, names
 
 
+def test_a_flipped_transposed_stream_in_microns_gives_the_plain_map(
+        start_server, edge_env, prefix, source: FrameSource, collector: Collector,
+        model_dir: Path) -> None:
+    """A detector mounted transposed and upside down, a stage in um with x reversed: with the
+    matching geometry the edge builds the same map as from frames in ptychoflow's axes."""
+    rng = np.random.default_rng(1)
+    obj = rng.uniform(-1.0, 1.0, (96, 96)).astype(np.float32)
+    _start_edge(start_server, edge_env, prefix, source, model_dir / "model-v1.onnx",
+                "--geometry", "transpose flip_rows x_sign=-1 position_unit=um")
+    collector.watch(prefix + "Edge:Stitched")
+    uid = 0
+    for iy in range(5):
+        for ix in range(5):
+            r, c = 16 * iy, 16 * ix
+            patch = obj[r:r + 32, c:c + 32]
+            cy, cx = r + 15.5 - 47.5, c + 15.5 - 47.5
+            uid += 1
+            # what this beamline sends: geometry.frames(sent) is the plain patch
+            sent = np.ascontiguousarray(patch[::-1].T)
+            source.publish(sent, uid, {"PositionX": -cx * PIXEL / 1e-6,
+                                       "PositionY": cy * PIXEL / 1e-6})
+            time.sleep(0.01)
+    st = collector.wait_for(prefix + "Edge:Stitched",
+                            lambda fr: bool(fr) and fr[-1].attributes.get("Frames") == 25)[-1]
+    ox, oy = st.attributes["OriginX"], st.attributes["OriginY"]
+    r0, c0 = round(-47.5 - oy / PIXEL), round(-47.5 - ox / PIXEL)
+    np.testing.assert_allclose(st.array[r0:r0 + 96, c0:c0 + 96], obj, atol=1e-5)
+    assert collector.get(prefix + "Edge:Unplaced_RBV") == 0
+
+
 def _pos(i: int) -> dict[str, float]:
     return {"PositionX": (i % 8) * 4 * PIXEL, "PositionY": (i // 8) * 4 * PIXEL}
 
