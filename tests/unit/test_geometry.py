@@ -76,3 +76,20 @@ def test_the_one_line_setting_reads_and_writes() -> None:
     assert Geometry.parse(g.words()) == g and Geometry.parse("") == Geometry()
     with pytest.raises(ValueError, match="'rotate=90' unknown"):
         Geometry.parse("rotate=90")
+
+
+def test_the_remote_stages_read_a_scan_in_ptychoflow_s_axes(tmp_path) -> None:
+    from ptychoflow.remote.stages import StageError, _read
+    from ptychoflow.scanfile import write_scan
+
+    rng = np.random.default_rng(1)
+    scan = Scan(rng.integers(0, 50, (3, 8, 8)).astype(np.uint16), rng.normal(size=(3, 2)) * 1e-6,
+                8000.0, 1.0, 75e-6)
+    path = write_scan(tmp_path / "s.h5", scan)
+    g = Geometry(flip_cols=True, position_unit="um")
+    got = _read(path, {"geometry": g.to_dict()})
+    np.testing.assert_array_equal(got.data, scan.data[:, :, ::-1])
+    np.testing.assert_allclose(got.positions, scan.positions * 1e-6)
+    np.testing.assert_array_equal(_read(path, {}).data, scan.data)
+    with pytest.raises(StageError, match="geometry"):
+        _read(path, {"geometry": {"mirror": True}})
