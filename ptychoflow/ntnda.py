@@ -3,7 +3,9 @@
 p4p's ``NTNDArray().wrap`` leaves ``uniqueId`` at 0 and no ``dataTimeStamp``; a
 detector sets both, and every consumer downstream (edge, stitcher, clients)
 relies on them to tell frames apart and to measure latency. These helpers keep
-that in one place.
+that in one place. Frames compressed by areaDetector's NDCodec plugin are built
+and read here too (:mod:`ptychoflow.codec`): a reader gets the image back in
+its original data type, whichever codec the detector chose.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 import numpy as np
 from p4p import Value
 from p4p.nt import NTNDArray
+
+from ptychoflow.codec import decode, encode
 
 _TYPE = NTNDArray.buildType()
 _CODES: dict[str, str] = dict(NTNDArray._code2u)  # numpy dtype char -> union member
@@ -29,11 +33,14 @@ def _split_time(t: float) -> tuple[int, int]:
 
 
 def make_frame(array: np.ndarray, unique_id: int, timestamp: float | None = None,
-               attributes: dict[str, Any] | None = None) -> Value:
+               attributes: dict[str, Any] | None = None, codec: str = "") -> Value:
     """Wrap a 2-D array as an NTNDArray value with its id, time stamp and attributes.
 
     ``timestamp`` is POSIX seconds (default: now) and goes to both
-    ``dataTimeStamp`` (when the data were taken) and ``timeStamp``.
+    ``dataTimeStamp`` (when the data were taken) and ``timeStamp``. With
+    ``codec`` (one of :data:`ptychoflow.codec.NAMES`) the image is compressed
+    as NDCodec sends it: bytes in ``ubyteValue``, ``codec.name``, the data type
+    in ``codec.parameters``, their length in ``compressedSize``.
     """
     a = np.ascontiguousarray(array)
     if a.ndim != 2:
@@ -47,11 +54,17 @@ def make_frame(array: np.ndarray, unique_id: int, timestamp: float | None = None
     attrs = [{"name": "ColorMode", "value": 0}]
     if attributes:
         attrs += [{"name": k, "value": v} for k, v in attributes.items()]
+    fields: dict[str, Any] = {"value": (code, a.ravel()), "compressedSize": a.nbytes}
+    if codec:
+        data, dtype_code = encode(a, codec)
+        # NDPluginPva's Int32 in the variant: ADCore's own reader asks for exactly that type
+        fields = {"value": ("ubyteValue", np.frombuffer(data, np.uint8)),
+                  "compressedSize": len(data),
+                  "codec": {"name": codec, "parameters": ("i", dtype_code)}}
     # Built directly rather than through NTNDArray.wrap: this is the detector's
     # per-frame hot path, and wrap's generic bookkeeping costs as much as the post.
     return Value(_TYPE, {
-        "value": (code, a.ravel()),
-        "compressedSize": a.nbytes,
+        **fields,
         "uncompressedSize": a.nbytes,
         "uniqueId": int(unique_id) & 0x7FFFFFFF,
         "dataTimeStamp": stamp,
@@ -149,17 +162,27 @@ def read_frame(value: Value) -> Frame:
     """Decode an NTNDArray value (as given to a monitor callback) into a :class:`Frame`.
 
     The image keeps the detector's dtype; the shape is rebuilt from the
-    ``dimension`` field (fastest-varying first, as areaDetector sends it).
-    Raises ``ValueError`` for values that are not a 2-D image.
+    ``dimension`` field (fastest-varying first, as areaDetector sends it). A
+    frame compressed by NDCodec is decompressed to its original data type.
+    Raises ``ValueError`` for values that are not a 2-D image, and its subclass
+    :class:`~ptychoflow.codec.CodecError` for compressed ones that do not decode.
     """
     raw = value["value"]
     if raw is None:
         raise ValueError("NTNDArray carries no data (empty union)")
-    flat = np.asarray(raw)
     dims = [int(d["size"]) for d in value["dimension"]]
     if len(dims) != 2:
         raise ValueError(f"expected a 2-D image, got {len(dims)} dimension(s) {dims}")
     shape = tuple(reversed(dims))
+    try:
+        codec = value["codec.name"]
+    except KeyError:  # not a full NTNDArray: nothing says it is compressed
+        codec = ""
+    if codec:
+        image = decode(raw, codec, value["codec.parameters"], int(value["uncompressedSize"]),
+                       shape, int(value["compressedSize"]))
+        return Frame(image, int(value["uniqueId"]), timestamp_of(value), attributes_of(value))
+    flat = np.asarray(raw)
     if flat.size != shape[0] * shape[1]:
         raise ValueError(f"data has {flat.size} elements, dimensions say {shape}")
     return Frame(flat.reshape(shape), int(value["uniqueId"]), timestamp_of(value),

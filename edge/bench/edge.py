@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.edge.bench.baseline import PIXEL, baseline_fps, build_model
+from ptychoflow.edge.bench.codecs import codec_costs
 from ptychoflow.edge.bench.models import write_card
 from ptychoflow.edge.bench.pipeline import pipeline
 from ptychoflow.edge.infer.hotswap import prepare
@@ -65,6 +66,7 @@ from ptychoflow.edge.threads import POLICIES
 from ptychoflow.int8 import quantize_int8
 from ptychoflow.preprocess import Preprocess
 from ptychoflow.pvnames import EDGE
+from ptychoflow.sim.cli import CODEC_CHOICES
 
 HELP = (f"edge: engine, pipeline (PVA in -> {EDGE.phase.suffix} out), PyTorch baseline and "
         "pvapy peer frames/s")
@@ -112,6 +114,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         "(QDQ ONNX; ONNX Runtime and OpenVINO both run it in int8); the "
                         "baseline stays float32 PyTorch. For bfloat16 use --engine openvino")
     parser.add_argument("--no-baseline", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--codec", choices=CODEC_CHOICES, default="none",
+                        help="the source compresses its frames as areaDetector's NDCodec does "
+                             "(the decode cost of every codec is reported whatever this is)")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip the peer: the same model in pvapy-hpc-consumer (ONNX "
                              "Runtime, batch 8, as edgePtychoNN runs it), same source and frames")
@@ -254,6 +259,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if base:
         out["pipeline_vs_baseline"] = round(pipe["pipeline_fps"] / base, 2)
     out.update(peer)
+    out["codec"] = args.codec
+    out["codecs"] = codec_costs(args.size)  # ratio, bytes and decode_us of every codec
     lossless = pipe["complete"] and pipe["dropped"] == 0
     if gpu:
         out["goal_gpu_20k"] = pipe["pipeline_fps"] >= 20000

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ptychoflow.edge.bench.codecs import sim_codec_args
 from ptychoflow.edge.bench.pipeline import (
     _cpu_s,
     _Receiver,
@@ -118,7 +119,8 @@ def peer_pass(model: Path, args: argparse.Namespace, tmp: Path, rate: float, *,
         procs.append(subprocess.Popen(
             py + ["sim", "--prefix", p, "--frames", str(n), "--size", str(args.size),
                   "--rate", "100", "--tick-ms", str(args.source_tick_ms), "--out", "",
-                  "--wait", "--serve", "--delay", "0", "--scatter", "1"],
+                  "--wait", "--serve", "--delay", "0", "--scatter", "1"]
+            + sim_codec_args(getattr(args, "codec", "none")),
             env=src_env, preexec_fn=policy, stdout=logs[0].open("wb"),
             stderr=subprocess.STDOUT))
         _wait(lambda: listening(src_env), 120, "the source listening", logs)

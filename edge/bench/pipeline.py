@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ptychoflow.edge.bench.codecs import sim_codec_args
 from ptychoflow.edge.threads import (
     POLICIES,
     current_policy,
@@ -159,7 +160,8 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
         subprocess.Popen(py + ["sim", "--prefix", p, "--frames", str(n), "--size",
                                str(args.size), "--rate", "100", "--tick-ms",
                                str(args.source_tick_ms), "--out", "", "--wait", "--serve",
-                               "--delay", "0", "--scatter", str(lanes)], env=src_env,
+                               "--delay", "0", "--scatter", str(lanes)]
+                         + sim_codec_args(getattr(args, "codec", "none")), env=src_env,
                          preexec_fn=policy,
                          stdout=logs[0].open("wb"), stderr=subprocess.STDOUT),
         subprocess.Popen(py + ["edge", "--prefix", p, "--input", inputs, "--model",

@@ -20,6 +20,7 @@ from typing import Any
 
 from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
 from ptychoflow.pvnames import DETECTOR
+from ptychoflow.sim.cli import CODEC_CHOICES
 
 HELP = "detector simulator vs pvapy-ad-sim-server: frames/s delivered to a p4p client"
 
@@ -32,6 +33,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-save", action="store_true",
                         help="do not save our stream to a scan file (saving is on by default, "
                              "as at a beamline)")
+    parser.add_argument("--codec", choices=CODEC_CHOICES, default="none",
+                        help="compress our frames as NDCodec does (pvapy-ad-sim-server's stay "
+                             "uncompressed: it compresses only frames read from HDF5 files)")
 
 
 @dataclass
@@ -95,7 +99,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _measure_ours(frames: int, size: int, queue: int, save: bool) -> Tally:
+def _measure_ours(frames: int, size: int, queue: int, save: bool, codec: str = "none"
+                  ) -> Tally:
     from p4p.client.thread import Context
 
     env = isolated_env()
@@ -103,7 +108,7 @@ def _measure_ours(frames: int, size: int, queue: int, save: bool) -> Tally:
     out = tempfile.mkdtemp(prefix="ptychoflow-bench-")
     cmd = [sys.executable, "-m", "ptychoflow.cli", "--log-level", "WARNING", "sim",
            "--prefix", prefix, "--frames", str(frames), "--size", str(size), "--rate", "0",
-           "--wait", "--delay", "0", "--out", out if save else ""]
+           "--wait", "--delay", "0", "--out", out if save else "", "--codec", codec]
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     tally = Tally()
     try:
@@ -147,13 +152,14 @@ def _measure_adsim(frames: int, size: int, queue: int) -> Tally:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure both servers and return the figures."""
-    ours = _measure_ours(args.frames, args.size, args.queue, not args.no_save)
+    codec = getattr(args, "codec", "none")
+    ours = _measure_ours(args.frames, args.size, args.queue, not args.no_save, codec)
     ref = _measure_adsim(args.frames, args.size, args.queue)
     sim_fps, ad_fps = ours.fps(), ref.fps()
     return {
         "frame": f"{args.size}x{args.size} uint16",
         "sim_fps": round(sim_fps, 1), "sim_frames": len(ours.ids), "sim_lost": ours.lost(),
-        "sim_saving": not args.no_save,
+        "sim_saving": not args.no_save, "sim_codec": codec,
         "adsim_fps": round(ad_fps, 1), "adsim_frames": len(ref.ids), "adsim_lost": ref.lost(),
         "ratio": round(sim_fps / ad_fps, 2) if ad_fps else None,
         "ok": bool(ad_fps and sim_fps / ad_fps >= 1.0 and ours.lost() == 0

@@ -20,6 +20,9 @@ HELP = "detector simulator: stream a ptychography scan as NTNDArray frames and s
 
 log = logging.getLogger("ptychoflow.sim")
 
+# ptychoflow.codec.NAMES (checked by its tests), spelled here so that the CLI imports no numpy
+CODEC_CHOICES = ("none", "lz4", "bslz4", "blosc", "zlib", "lz4hdf5")
+
 
 @dataclass
 class SimSettings:
@@ -59,6 +62,9 @@ class SimSettings:
                                  "scans a new region of the sample (seed + n), or replays "
                                  "the file again; default: exit when the scan is done")
     delay: float = setting(1.0, "seconds to wait before starting, so clients can connect")
+    codec: str = setting("none", "compress the frames as areaDetector's NDCodec plugin does "
+                                 "before NDPluginPva (lz4, bslz4: bitshuffle+LZ4, blosc, ...); "
+                                 "none: uncompressed", choices=CODEC_CHOICES)
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -71,6 +77,9 @@ class SimSettings:
             raise ValueError(f"scatter must be at least 1, got {self.scatter}")
         if not self.prefix:
             raise ValueError("prefix must not be empty")
+        if self.codec not in CODEC_CHOICES:
+            raise ValueError(f"codec must be one of {', '.join(CODEC_CHOICES)}, "
+                             f"not {self.codec!r}")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -96,11 +105,15 @@ def load_scan(s: SimSettings, acquisition: int = 1) -> Scan:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate (or load) the scan, then serve it until done or interrupted."""
+    from ptychoflow.codec import require
     from ptychoflow.scanfile import ScanFileError
     from ptychoflow.sim.server import DetectorSimulator, serve
 
     s = resolve(SimSettings, "sim", args)
+    codec = "" if s.codec == "none" else s.codec
     try:
+        if codec:
+            require(codec)  # its library is here: refused now, not at the first frame
         scan = load_scan(s)
     except (ScanFileError, ValueError) as exc:
         log.error("%s", exc)
@@ -111,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     sim = DetectorSimulator(s.prefix, scan, rate=s.rate, tick_s=s.tick_ms / 1000.0,
                             out_dir=Path(s.out).resolve() if s.out else None, name=s.name,
                             next_scan=None if s.replay else lambda n: load_scan(s, n),
-                            scatter=s.scatter)
+                            scatter=s.scatter, codec=codec)
     serve(sim, acquire=not s.wait, keep_serving=s.serve or s.wait, stop=stop, delay=s.delay)
     if sim.last_file is not None:
         print(f"scan file: {sim.last_file}", flush=True)

@@ -9,6 +9,9 @@ to a scan file (``*.h5.part`` renamed to ``*.h5`` when complete), whose name
 > 1 it also serves ``Pva2:Image`` ... ``PvaK:Image`` and sends frame n to
 ``Pva((n-1) mod K + 1):Image``, as areaDetector's NDPluginScatter in front of K
 NDPluginPva plugins hands frames round (an edge follows them with one lane each).
+With ``codec`` the frames go out compressed, as areaDetector's NDCodec plugin in
+front of NDPluginPva sends them (:mod:`ptychoflow.codec`); the scan file holds
+them uncompressed.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ class DetectorSimulator:
     def __init__(self, prefix: str, scan: Scan, rate: float = 0.0,
                  out_dir: Path | None = None, name: str = "scan",
                  next_scan: Callable[[int], Scan] | None = None, tick_s: float = 0.0,
-                 scatter: int = 1) -> None:
+                 scatter: int = 1, codec: str = "") -> None:
         self.prefix = prefix
+        self.codec = codec
         self.scan = scan
         self.next_scan = next_scan
         self.out_dir = out_dir
@@ -183,7 +187,7 @@ class DetectorSimulator:
         counter.post(0)
         log.info("acquisition %d: %d frames at %s", self.acquisitions, scan.n_frames,
                  f"{self.rate:g} Hz" if self.rate > 0 else "full speed")
-        frames = _FramePrep(scan, self.acquisitions)
+        frames = _FramePrep(scan, self.acquisitions, self.codec)
         posts = [pv.post for pv in self.images]
         k = len(posts)
         t0 = last_report = time.perf_counter()
@@ -244,12 +248,14 @@ class _FramePrep:
 
     Building a value costs as much as posting it; doing it before the first
     frame leaves the streaming loop only the time stamp to set. Large scans
-    (over ``_PREPARE_BYTES``) build each value just in time instead.
+    (over ``_PREPARE_BYTES``) build each value just in time instead. With a
+    ``codec`` the compression is part of building, so it too is done up front.
     """
 
-    def __init__(self, scan: Scan, scan_id: int) -> None:
+    def __init__(self, scan: Scan, scan_id: int, codec: str = "") -> None:
         self.scan = scan
         self.scan_id = scan_id
+        self.codec = codec
         self.xs = scan.positions[:, 1].tolist()
         self.ys = scan.positions[:, 0].tolist()
         self.ready: list[Any] | None = None
@@ -258,7 +264,8 @@ class _FramePrep:
 
     def _build(self, i: int) -> Any:
         return make_frame(self.scan.data[i], i + 1, 0.0, {
-            "PositionX": self.xs[i], "PositionY": self.ys[i], "ScanId": self.scan_id})
+            "PositionX": self.xs[i], "PositionY": self.ys[i], "ScanId": self.scan_id},
+            codec=self.codec)
 
     def __getitem__(self, i: int) -> Any:
         return self.ready[i] if self.ready is not None else self._build(i)
@@ -314,8 +321,9 @@ def serve(sim: DetectorSimulator, acquire: bool, keep_serving: bool,
           stop: threading.Event, delay: float = 0.0) -> None:
     """Run the server until ``stop`` is set, or (without ``keep_serving``) the scan ends."""
     with Server(providers=[sim.providers]):
-        log.info("serving %s (%d frames of %dx%d %s)", DETECTOR.pva1_image.name(sim.prefix),
-                 sim.scan.n_frames, *sim.scan.frame_shape, sim.scan.data.dtype)
+        log.info("serving %s (%d frames of %dx%d %s%s)", DETECTOR.pva1_image.name(sim.prefix),
+                 sim.scan.n_frames, *sim.scan.frame_shape, sim.scan.data.dtype,
+                 f", compressed: {sim.codec}" if sim.codec else "")
         if delay > 0:
             stop.wait(delay)
         sim.start(acquire=acquire and not stop.is_set())

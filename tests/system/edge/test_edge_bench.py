@@ -32,19 +32,23 @@ def test_bench_edge_accounts_for_every_frame():
     # the peer: the same model in pvapy-hpc-consumer, same source and frames, same run
     assert r["peer_complete"] and r["peer_frames"] == 60 and r["peer_fps"] > 0
     assert r["pipeline_vs_peer"] == pytest.approx(r["pipeline_fps"] / r["peer_fps"], rel=1e-2)
+    # every codec's decode cost, measured as the edge decodes
+    assert {"none", "lz4", "bslz4", "blosc"} <= set(r["codecs"]) and r["codec"] == "none"
+    assert all(c["decode_us"] > 0 and c["ratio"] > 0 for c in r["codecs"].values())
 
 
 def test_bench_edge_int8_on_openvino_reports_what_it_ran():
     pytest.importorskip("openvino")
     out = subprocess.run(
         [sys.executable, "-m", "ptychoflow.cli", "bench", "edge", "--json", "--frames", "60",
-         "--size", "64", "--seconds", "0.5", "--no-baseline", "--no-peer", "--engine", "openvino",
-         "--precision", "int8", "--threads", "1"],
+         "--size", "64", "--seconds", "0.5", "--no-baseline", "--no-peer", "--codec", "bslz4",
+         "--engine", "openvino", "--precision", "int8", "--threads", "1"],
         capture_output=True, text=True, timeout=220, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["complete"] and r["dropped"] == 0 and r["bad_frames"] == 0
     assert r["precision"] == "int8" and r["engine"].startswith("openvino (CPU int8")
+    assert r["codec"] == "bslz4"  # the source sent bitshuffle/LZ4 frames, every one decoded
     assert "streams" not in r["engine"]  # one thread: one engine, no side-by-side streams
     # the quantized copy, run by OpenVINO, against float32 ONNX Runtime
     assert 0 < r["int8_max_abs_error_rad"] < 10
