@@ -211,16 +211,15 @@ class Lane:
                 entry = None
             try:
                 taken = self.ledger.drain()
-                if taken:
+                if isinstance(entry, LocalBatch):
+                    self._hand_over(entry, taken)  # the ledger's frames ride along
+                elif taken:
                     self.send(Account(taken))
                 if entry is CLOSE:
                     self.send(Closed(self.counts()))
                     return
-                match entry:
-                    case ModelChanged(note):
-                        self.send(Swapped(note))
-                    case LocalBatch():
-                        self._hand_over(entry)
+                if isinstance(entry, ModelChanged):
+                    self.send(Swapped(entry.model))
                 now = time.monotonic()
                 if now - last_counts >= COUNTS_PERIOD_S:
                     last_counts = now
@@ -233,12 +232,14 @@ class Lane:
                 if entry is CLOSE:
                     return
 
-    def _hand_over(self, b: LocalBatch) -> None:
+    def _hand_over(self, b: LocalBatch, taken: Accounted) -> None:
         try:
             phase, amp = b.outputs()
         except Exception as exc:  # noqa: BLE001 - an engine failure must not stop the lane
             self.failed += len(b.frames)
             self.say(f"inference failed on {len(b.frames)} frame(s): {exc}")
+            if taken:
+                self.send(Account(taken))
             return
         finally:
             b.release()  # the outputs are in hand: the model may retire
@@ -247,7 +248,7 @@ class Lane:
                     timestamps=[f.timestamp for f in b.frames],
                     scan_keys=[f.attributes.get(attr) for f in b.frames],
                     arrivals=b.arrivals, positions=b.positions, shape=tuple(phase.shape),
-                    amplitude=amp is not None)
+                    amplitude=amp is not None, account=taken or None)
         # the images go out as float32 whatever the engine's output type
         shapes = (phase.shape,) if amp is None else (phase.shape, amp.shape)
         if not self.slots.fits(*shapes) or (amp is not None and amp.shape != phase.shape):

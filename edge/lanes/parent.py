@@ -320,6 +320,8 @@ class LaneSet:
 
     def _handover(self, h: LaneHandle, m: Handover, attr: str) -> None:
         """A lane's batch to the publisher: its images read in place from the slot."""
+        if m.account:
+            self._account(h, m.account)
         frames = [Frame(_EMPTY, u, t, {attr: k})
                   for u, t, k in zip(m.unique_ids, m.timestamps, m.scan_keys, strict=True)]
         if m.slot is None:

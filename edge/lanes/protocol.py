@@ -109,6 +109,9 @@ class Handover:
     shape: tuple[int, ...]
     amplitude: bool
     inline: tuple[np.ndarray, np.ndarray | None] | None = None  # too big for a slot
+    # the frames taken or dropped since the last message, for the ledger: they ride along
+    # (one message per batch, not two); Account carries them when no batch goes out
+    account: Accounted | None = None
 
 
 @dataclass(frozen=True)

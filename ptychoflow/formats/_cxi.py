@@ -55,7 +55,7 @@ from ptychoflow.formats._h5 import (
     values,
     with_unit,
 )
-from ptychoflow.scanfile import Scan, ScanFileError
+from ptychoflow.scan import Scan, ScanFileError
 
 NAME = "CXI"
 EXPECTS = ("/entry_1/data_1/data (or /entry_1/instrument_1/detector_1/data) frames, "

@@ -17,7 +17,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ptychoflow.scanfile import PART_SUFFIX, ScanFileError
+from ptychoflow.scan import PART_SUFFIX, ScanFileError
 
 ELECTRON_VOLT_J = 1.602176634e-19  # J per eV (exact, SI 2019); CXI stores energies in J
 

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from ptychoflow.formats._h5 import LENGTH_UNITS, Source, text
-from ptychoflow.scanfile import Scan, ScanFileError
+from ptychoflow.scan import Scan, ScanFileError
 
 NAME = "ptychoflow"
 EXPECTS = ("/entry/data/data (N, H, W) and /entry/instrument/positions/{x,y} in metres, "

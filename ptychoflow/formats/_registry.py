@@ -19,7 +19,8 @@ import h5py
 
 from ptychoflow.formats import _cxi, _native, _velociprobe
 from ptychoflow.formats._h5 import top_level
-from ptychoflow.scanfile import PART_SUFFIX, Scan, ScanFileError, read_siemens_star
+from ptychoflow.formats._siemens import read_siemens_star
+from ptychoflow.scan import PART_SUFFIX, Scan, ScanFileError
 
 
 @dataclass(frozen=True)

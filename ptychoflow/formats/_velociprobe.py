@@ -57,7 +57,7 @@ from ptychoflow.formats._h5 import (
     values,
     with_unit,
 )
-from ptychoflow.scanfile import Scan, ScanFileError
+from ptychoflow.scan import Scan, ScanFileError
 
 NAME = "APS Velociprobe"
 EXPECTS = ("an Eiger master file *_master.h5 with /entry/data/data_NNNNNN links and "
