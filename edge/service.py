@@ -23,7 +23,7 @@ from ptychoflow.edge.input.intake import Intake
 from ptychoflow.edge.lanes.parent import LaneSet
 from ptychoflow.edge.messages import FrameSource, QueueItem
 from ptychoflow.edge.output.publisher import Publisher
-from ptychoflow.edge.output.pvaserver import EdgeServer
+from ptychoflow.edge.output.pvaserver import EdgeServer, WriteGuard
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.pvnames import EDGE
 
@@ -53,7 +53,8 @@ class EdgeService:
         parallel = settings.workers * (settings.streams or auto_streams(settings.threads))
         self._fifo: queue.Queue[QueueItem] = queue.Queue(maxsize=max(2 * parallel + 1,
                                                                      4 * self.n_lanes))
-        self.server = EdgeServer(settings.prefix, conf)
+        self.server = EdgeServer(settings.prefix, conf,
+                                 WriteGuard(settings.writers, settings.writer_hosts))
         self.source: FrameSource
         try:
             if self.n_lanes > 1:

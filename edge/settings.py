@@ -97,6 +97,14 @@ class EdgeSettings:
                                 "IOC's deploy; "
                                 "for CPU edges, see ptychoflow remote quantize)")
     trt_cache_dir: str = setting("", "TensorRT engine cache folder (default: <model_dir>/.trt)")
+    writers: list[str] = setting([], "users allowed to write the edge's PVs, or role/GROUP "
+                                     "for the members of an OS group of this host (empty: "
+                                     "everyone; reading is always open); the IOC's user "
+                                     "must be listed for its deploys")
+    writer_hosts: list[str] = setting([], "hosts (names or addresses) allowed to write the "
+                                          "edge's PVs (empty: any host); names are resolved "
+                                          "at start; localhost, 127.0.0.1 or this host's own "
+                                          "name admit every loopback client")
 
     def __post_init__(self) -> None:
         Geometry.parse(self.geometry)  # ValueError names the word it does not know
@@ -115,6 +123,12 @@ class EdgeSettings:
         if self.stitch_rate_hz <= 0:
             raise ValueError(f"stitch_rate_hz must be positive, got {self.stitch_rate_hz}")
         self._check_positions()
+        for key in ("writers", "writer_hosts"):
+            names = getattr(self, key)
+            if not isinstance(names, list) or not all(
+                    isinstance(n, str) and n and not any(c.isspace() for c in n) for n in names):
+                raise ValueError(f"{key} must be a list of names without spaces, e.g. "
+                                 f'{key} = ["operator"], got {names!r}')
         if self.pixel_size_m < 0:
             raise ValueError(f"pixel_size_m must be >= 0, got {self.pixel_size_m}")
         if self.scheduling not in POLICIES:
