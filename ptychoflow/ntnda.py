@@ -18,13 +18,25 @@ import numpy as np
 from p4p import Value
 from p4p.nt import NTNDArray
 
-from ptychoflow.codec import decode, encode
+from ptychoflow.codec import CodecError, decode, dtype_of, encode
+from ptychoflow.codec import codec as find_codec
 
 _TYPE = NTNDArray.buildType()
 _CODES: dict[str, str] = dict(NTNDArray._code2u)  # numpy dtype char -> union member
 
 SUPPORTED_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32,
                     np.uint64, np.int64, np.float32, np.float64)
+
+# The most each NDCodec format can expand: LZ4 (raw, HDF5-framed or bitshuffled) about
+# 255:1, deflate about 1032:1, a blosc chunk of zstd blocks about 18,000:1 (measured with
+# c-blosc 1.21 at NDCodec's automatic block size; its other compressors far less). A
+# compressed frame whose dimensions declare more than that many times its bytes, or
+# more than any detector's frame, is corrupt: refused before a decoder allocates what
+# it declares, as some do first thing (a few bytes must not make the edge ask for
+# gigabytes).
+MAX_EXPANSION: dict[str, int] = {"lz4": 300, "lz4hdf5": 300, "bslz4": 300, "zlib": 1100,
+                                 "blosc": 1 << 16}
+MAX_FRAME_BYTES = 1 << 30
 
 
 def _split_time(t: float) -> tuple[int, int]:
@@ -54,7 +66,10 @@ def make_frame(array: np.ndarray, unique_id: int, timestamp: float | None = None
     attrs = [{"name": "ColorMode", "value": 0}]
     if attributes:
         attrs += [{"name": k, "value": v} for k, v in attributes.items()]
-    fields: dict[str, Any] = {"value": (code, a.ravel()), "compressedSize": a.nbytes}
+    # codec.name "" said outright, as NDPluginPva does: a SharedPV post only changes the
+    # fields a value sets, so a frame that left it out would keep the previous frame's codec
+    fields: dict[str, Any] = {"value": (code, a.ravel()), "compressedSize": a.nbytes,
+                              "codec": {"name": ""}}
     if codec:
         data, dtype_code = encode(a, codec)
         # NDPluginPva's Int32 in the variant: ADCore's own reader asks for exactly that type
@@ -128,11 +143,23 @@ class Frame:
 
 
 def attributes_of(value: Value) -> dict[str, Any]:
-    """The NDAttributes of an NTNDArray value as a plain dict."""
+    """The NDAttributes of an NTNDArray value as a plain dict.
+
+    A string that is not UTF-8 (an NDAttribute read from a device in Latin-1,
+    say) is kept with the undecodable bytes replaced: one odd attribute must not
+    cost the frame its image.
+    """
     out: dict[str, Any] = {}
     for elem in value.get("attribute", []) or []:
-        out[elem["name"]] = elem["value"]
+        out[_text(elem, "name")] = _text(elem, "value")
     return out
+
+
+def _text(elem: Value, field: str) -> Any:
+    try:
+        return elem[field]
+    except UnicodeDecodeError as exc:  # p4p decodes strings as UTF-8
+        return bytes(exc.object).decode("utf-8", "replace")
 
 
 def timestamp_of(value: Value) -> float:
@@ -152,10 +179,13 @@ def placeholder() -> Value:
 
 def is_placeholder(value: Value) -> bool:
     """True for a server's "no image yet" value (see :func:`placeholder`), not a frame."""
-    if int(value["uniqueId"]) != 0:
-        return False
-    raw = value["value"]
-    return raw is None or np.asarray(raw).size == 0
+    try:
+        if int(value["uniqueId"]) != 0:
+            return False
+        raw = value["value"]
+        return raw is None or np.asarray(raw).size == 0
+    except (LookupError, TypeError, ValueError, ArithmeticError):
+        return False  # not even shaped like an NTNDArray: not a placeholder either
 
 
 def read_frame(value: Value) -> Frame:
@@ -164,23 +194,51 @@ def read_frame(value: Value) -> Frame:
     The image keeps the detector's dtype; the shape is rebuilt from the
     ``dimension`` field (fastest-varying first, as areaDetector sends it). A
     frame compressed by NDCodec is decompressed to its original data type.
-    Raises ``ValueError`` for values that are not a 2-D image, and its subclass
-    :class:`~ptychoflow.codec.CodecError` for compressed ones that do not decode.
+    Raises ``ValueError`` for values that are not a 2-D image, whatever is wrong
+    with them (a missing or mistyped field included: a monitor may be pointed at
+    any PV), and its subclass :class:`~ptychoflow.codec.CodecError` for
+    compressed ones that do not decode.
     """
+    try:
+        return _read_frame(value)
+    except (LookupError, TypeError, AttributeError, ArithmeticError) as exc:
+        raise ValueError(f"not an NTNDArray image as areaDetector sends it ({type(exc).__name__}"
+                         f": {exc}); check that the input PV is the detector's NDPluginPva "
+                         "image") from exc
+
+
+def _read_frame(value: Value) -> Frame:
     raw = value["value"]
     if raw is None:
         raise ValueError("NTNDArray carries no data (empty union)")
     dims = [int(d["size"]) for d in value["dimension"]]
     if len(dims) != 2:
         raise ValueError(f"expected a 2-D image, got {len(dims)} dimension(s) {dims}")
-    shape = tuple(reversed(dims))
+    if min(dims) < 0:
+        raise ValueError(f"dimension sizes {dims} are negative; the sender fills the "
+                         "NTNDArray's dimension field wrongly")
+    shape = (dims[1], dims[0])
     try:
         codec = value["codec.name"]
     except KeyError:  # not a full NTNDArray: nothing says it is compressed
         codec = ""
     if codec:
-        image = decode(raw, codec, value["codec.parameters"], int(value["uncompressedSize"]),
-                       shape, int(value["compressedSize"]))
+        find_codec(codec)  # an unknown codec is named as such, whatever else is wrong
+        payload = np.asarray(raw)
+        compressed = int(value["compressedSize"])
+        if compressed < 0:
+            raise CodecError(f"codec {codec!r}: compressedSize is {compressed} bytes; the "
+                             "sender fills the NTNDArray's sizes wrongly")
+        declared = shape[0] * shape[1] * dtype_of(value["codec.parameters"], codec).itemsize
+        most = min(MAX_EXPANSION[codec] * max(payload.nbytes, 1), MAX_FRAME_BYTES)
+        if declared > most:
+            raise CodecError(f"codec {codec!r}: dimensions {dims} declare {declared} bytes, "
+                             f"more than the {most} that {payload.nbytes} compressed bytes "
+                             f"can hold (at most {MAX_EXPANSION[codec]} times as many, and "
+                             f"{MAX_FRAME_BYTES} in all); the frame's dimension or codec "
+                             "fields are corrupt")
+        image = decode(payload, codec, value["codec.parameters"],
+                       int(value["uncompressedSize"]), shape, compressed)
         return Frame(image, int(value["uniqueId"]), timestamp_of(value), attributes_of(value))
     flat = np.asarray(raw)
     if flat.size != shape[0] * shape[1]:

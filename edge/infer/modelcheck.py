@@ -47,6 +47,17 @@ def resolve_model_path(spec: str, model_dir: str | os.PathLike[str],
     spec = spec.strip()
     if not spec:
         raise ModelError("no model given; put a path inside the model folder or a version")
+    try:
+        return _resolve(spec, folder, int8)
+    except ModelError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        # a put may name anything: a name too long for the file system, a NUL, ~nosuchuser
+        raise ModelError(f"model {spec[:200]!r} is not a usable path ({exc}); put the name of "
+                         f"a model-vN.onnx in the model folder {folder}, or its version") from exc
+
+
+def _resolve(spec: str, folder: Path, int8: bool) -> Path:
     if spec.isdigit():
         path = model_file(folder, int(spec))
     else:

@@ -253,15 +253,34 @@ class Intake:
                 for _ in group:
                     self.bad_frame(f"preprocessing failed: {exc}")
             else:
-                served.hold()
-                self.fifo.put(LocalBatch(served.runner.submit(x), group,
-                                         [arrivals[i] for i in idx],
-                                         [positions[i] for i in idx], served))
+                self._submit_finite(x, group, [arrivals[i] for i in idx],
+                                    [positions[i] for i in idx], served)
             taken = set(idx)
             keep = [i for i in range(len(frames)) if i not in taken]
             frames = [frames[i] for i in keep]
             arrivals = [arrivals[i] for i in keep]
             positions = [positions[i] for i in keep]
+
+    def _submit_finite(self, x: np.ndarray, group: list[Frame], arrivals: list[float],
+                       positions: list[Position], served: Served) -> None:
+        """Submit the frames whose network input is finite; the others are bad frames.
+
+        A frame of finite values can still overflow float32, the network's input type
+        (float64 counts beyond 3.4e38, or summed in binning): its prediction would be
+        infinite and spoil the map where it lands.
+        """
+        finite = np.isfinite(x.reshape(len(group), -1)).all(axis=1)
+        if not finite.all():
+            for k in np.flatnonzero(~finite):
+                self.bad_frame(f"frame {group[k].unique_id} has values beyond float32, the "
+                               "network's input type, once preprocessed")
+            keep = np.flatnonzero(finite)
+            x, group = x[keep], [group[k] for k in keep]
+            arrivals, positions = [arrivals[k] for k in keep], [positions[k] for k in keep]
+        if group:
+            served.hold()
+            self.fifo.put(LocalBatch(served.runner.submit(x), group, arrivals, positions,
+                                     served))
 
     def _idle_without_model(self) -> None:
         """No model yet: take frames off the queue and count them, so none is lost silently."""

@@ -104,7 +104,7 @@ class InputMonitor:
                 return  # the source serves no image yet: nothing to process, nothing bad
             try:
                 uid = int(value["uniqueId"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):  # any PV may be followed
                 uid = 0
             item = Incoming(None, now, f"undecodable frame from {self.pv}: {exc}", uid)
         self.received += 1
