@@ -39,7 +39,8 @@ def restart_delay(quick: int) -> float:
     return min(RESTART_MAX_S, RESTART_AFTER_S * 2.0 ** (quick - 1))
 
 
-_EMPTY = np.zeros((0, 0), np.uint8)
+NO_IMAGE = np.zeros((0, 0), np.uint8)
+"""The array of a frame the edge process only knows by id: its lane holds the image."""
 
 
 class LaneBatch:

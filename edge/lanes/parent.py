@@ -35,7 +35,7 @@ from ptychoflow.edge.infer.hotswap import WARMUP_TIMEOUT_S
 from ptychoflow.edge.infer.modelcheck import ModelError, resolve_model_path
 from ptychoflow.edge.lanes.child import SLOTS, lane_main, slot_bytes
 from ptychoflow.edge.lanes.handle import (
-    _EMPTY,
+    NO_IMAGE,
     RESTART_AFTER_S,
     LaneBatch,
     LaneHandle,
@@ -322,7 +322,7 @@ class LaneSet:
         """A lane's batch to the publisher: its images read in place from the slot."""
         if m.account:
             self._account(h, m.account)
-        frames = [Frame(_EMPTY, u, t, {attr: k})
+        frames = [Frame(NO_IMAGE, u, t, {attr: k})
                   for u, t, k in zip(m.unique_ids, m.timestamps, m.scan_keys, strict=True)]
         if m.slot is None:
             assert m.inline is not None
