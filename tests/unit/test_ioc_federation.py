@@ -224,3 +224,58 @@ def test_a_batch_provider_becomes_a_parsl_config_with_its_allocation(provider, t
     assert (p.partition if provider == "slurm" else p.queue) == "gpu"
     assert "module load conda" in p.worker_init and "PTYCHOFLOW_WALLTIME_S=7200" in p.worker_init
     assert htex.max_workers_per_node == 4 and len(htex.available_accelerators) == 4
+
+
+def test_a_transfer_cut_part_way_leaves_no_partial_file_and_the_retry_verifies(
+        tmp_path: Path, monkeypatch) -> None:
+    """The source's reads fail after 3 MiB of 8 (a network mount dropping mid-copy): nothing
+    partial appears at the destination, the source is untouched, the retry completes with a
+    checksum that matches."""
+    import builtins
+
+    src = tmp_path / "scan.h5"
+    payload = os.urandom(8 << 20)
+    src.write_bytes(payload)
+    dest = tmp_path / "w" / "scan.h5"
+    real_open = builtins.open
+    seen_partial: list[list[str]] = []
+
+    class Cut:
+        """A source file whose reads fail once 3 MiB have been read."""
+
+        def __init__(self, fh: Any) -> None:
+            self.fh, self.read_so_far = fh, 0
+
+        def read(self, n: int = -1) -> bytes:
+            if self.read_so_far >= 3 << 20:
+                seen_partial.append(sorted(p.name for p in dest.parent.iterdir()))
+                raise OSError(5, "Input/output error (connection to the mount lost)")
+            block = self.fh.read(n)
+            self.read_so_far += len(block)
+            return block
+
+        def __enter__(self) -> Cut:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.fh.close()
+
+    cuts = [1]
+
+    def opener(self: Path, mode: str = "r", *a: Any, **k: Any) -> Any:
+        fh = real_open(self, mode, *a, **k)
+        if self == src and mode == "rb" and cuts:
+            cuts.pop()  # the first copy attempt only
+            return Cut(fh)
+        return fh
+
+    # the source's checksum is read with open(); the copy reads through Path.open: cut that
+    monkeypatch.setattr(Path, "open", opener)
+    rep, ev = reporter()
+    moved = copy_verified(src, dest, rep, retries=2, backoff_s=0.01)
+    assert seen_partial and all(n.endswith(".part") and n.startswith(".") for n in
+                                seen_partial[0])  # mid-copy: only the hidden .part
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["scan.h5"]  # no .part left
+    assert dest.read_bytes() == payload and src.read_bytes() == payload
+    assert moved.sha256 == hashlib.sha256(payload).hexdigest()
+    assert sum("retrying" in str(i.get("message")) for i in ev.items) == 1
