@@ -19,9 +19,8 @@ from pathlib import Path
 
 from ptychoflow.edge.bench import edge as bench
 from ptychoflow.edge.bench.codecs import codec_costs
-from ptychoflow.edge.bench.models import affine_model, write_card
+from ptychoflow.edge.bench.models import do_nothing_model
 from ptychoflow.edge.bench.pipeline import pipeline
-from ptychoflow.preprocess import Preprocess
 
 
 def main() -> None:
@@ -35,8 +34,7 @@ def main() -> None:
     fps: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="ptychoflow-codecs-") as tmpname:
         tmp = Path(tmpname)
-        model = affine_model(tmp / "models" / "model-v1.onnx", args.size)
-        write_card(model, 1, Preprocess(input_size=args.size), bench.PIXEL)
+        model = do_nothing_model(tmp / "models", args.size, bench.PIXEL)
         for codec in args.codecs:
             args.codec = codec
             r = pipeline(model, args, args.rate, tmp)

@@ -27,9 +27,8 @@ import tempfile
 from pathlib import Path
 
 from ptychoflow.edge.bench import edge as bench
-from ptychoflow.edge.bench.models import affine_model, write_card
+from ptychoflow.edge.bench.models import do_nothing_model
 from ptychoflow.edge.bench.pipeline import pipeline
-from ptychoflow.preprocess import Preprocess
 
 
 def main() -> None:
@@ -42,8 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ptychoflow-io-ceiling-") as tmpname:
         tmp = Path(tmpname)
-        model = affine_model(tmp / "models" / "model-v1.onnx", args.size)
-        write_card(model, 1, Preprocess(input_size=args.size), bench.PIXEL)
+        model = do_nothing_model(tmp / "models", args.size, bench.PIXEL)
         for rate in args.rates:
             args.rate = rate
             r = pipeline(model, args, rate, tmp)

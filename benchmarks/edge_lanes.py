@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ptychoflow.edge.bench import edge as bench
-from ptychoflow.edge.bench.models import affine_model, write_card
+from ptychoflow.edge.bench.models import do_nothing_model
 from ptychoflow.edge.bench.pipeline import pipeline
-from ptychoflow.preprocess import Preprocess
 
 
 def python_us(threads_us: dict[str, float]) -> float:
@@ -63,8 +62,7 @@ def main() -> None:
     k = args.lanes
     with tempfile.TemporaryDirectory(prefix="ptychoflow-lanes-") as tmpname:
         tmp = Path(tmpname)
-        model = affine_model(tmp / "models" / "model-v1.onnx", args.size)
-        write_card(model, 1, Preprocess(input_size=args.size), bench.PIXEL)
+        model = do_nothing_model(tmp / "models", args.size, bench.PIXEL)
         for rate in args.rates:
             runs: dict[int, list[dict[str, Any]]] = {1: [], k: []}
             for _ in range(args.rounds):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from ptychoflow.edge.bench.baseline import PIXEL, build_model
-from ptychoflow.edge.bench.models import affine_model, write_card
+from ptychoflow.edge.bench.models import do_nothing_model
 from ptychoflow.edge.bench.pipeline import children
 from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
-from ptychoflow.preprocess import Preprocess
 from ptychoflow.pvnames import DETECTOR, EDGE
 
 
@@ -84,8 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ptychoflow-soak-") as tmpname:
         tmp = Path(tmpname)
         if args.do_nothing:
-            model = affine_model(tmp / "models" / "model-v1.onnx", args.size)
-            write_card(model, 1, Preprocess(input_size=args.size), PIXEL)
+            model = do_nothing_model(tmp / "models", args.size, PIXEL)
         else:
             model = build_model(tmp / "models", args.size)[0]
         logs = [tmp / "sim.log", tmp / "edge.log"]
@@ -153,7 +152,7 @@ def _soak(ctx: Any, p: str, procs: list[subprocess.Popen[bytes]],
                 mem = {k: rss_mb(v) for k, v in pids.items()}
                 for kid, name in children(procs[1].pid).items():
                     mem[f"edge:{name}"] = mem.get(f"edge:{name}", 0.0) + rss_mb(kid)
-                mem["client"] = _self_rss()
+                mem["client"] = rss_mb(os.getpid())
                 processed = int(_get(ctx, EDGE.processed.name(p)))
                 rate = float(_get(ctx, EDGE.frame_rate.name(p)))
                 # predictions arrived since the last sample: the status PVs must show it
@@ -176,10 +175,6 @@ def _soak(ctx: Any, p: str, procs: list[subprocess.Popen[bytes]],
             "accounted": sum(counts.values()) == sent, "status_live": live,
             "growth_pct": _growth(samples), "samples": len(samples),
             "rss_mb_end": samples[-1]["rss_mb"] if samples else {}}
-
-
-def _self_rss() -> float:
-    return rss_mb(int(Path("/proc/self/stat").read_text().split()[0]))
 
 
 def _growth(samples: list[dict[str, Any]]) -> dict[str, float]:

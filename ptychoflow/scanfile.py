@@ -29,6 +29,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ptychoflow.formats import read_any
+from ptychoflow.formats._siemens import read_siemens_star
 from ptychoflow.scan import PART_SUFFIX, PLANCK_EV_M, Scan, ScanFileError
 
 __all__ = ["PART_SUFFIX", "PLANCK_EV_M", "Scan", "ScanFileError", "ScanWriter", "final_path",
@@ -44,8 +46,6 @@ def read_scan(path: str | os.PathLike[str], *, frames: bool = True) -> Scan:
     detector data are not loaded (``data`` is an empty array of the right dtype
     and frame shape), for callers that only need geometry.
     """
-    from ptychoflow.formats import read_any  # the readers build on this module's Scan
-
     return read_any(path, frames=frames)
 
 
@@ -174,10 +174,3 @@ def write_scan(path: str | os.PathLike[str], scan: Scan) -> Path:
         for frame, (y, x) in zip(scan.data, scan.positions, strict=True):
             w.append(frame, y, x)
     return final_path(path)
-
-
-def read_siemens_star(path: str | os.PathLike[str]) -> Scan:
-    """Read Tike's Siemens-star set (``.npz.bz2``); see :mod:`ptychoflow.formats._siemens`."""
-    from ptychoflow.formats._siemens import read_siemens_star as read
-
-    return read(path)

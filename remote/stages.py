@@ -133,6 +133,7 @@ def _add_pairs(scan_path: str, params: Params, root: Path, seed: int) -> Any:
 
     path = _scan_path(scan_path, params)
     scan = _read(path, params)
+    read_with = Geometry.from_dict(params.get("geometry")).to_dict()  # as _read applied it
     rec = read_reconstruction(params["reconstruction"])
     ts = TrainSet.open(root)
     if ts is None:
@@ -144,9 +145,8 @@ def _add_pairs(scan_path: str, params: Params, root: Path, seed: int) -> Any:
                          params.get("intensity", "sqrt"))
         pre = Preprocess(pre.input_size, pre.crop, pre.intensity, input_scale(scan, pre))
         ts = TrainSet(root, pre, size, output_pixel_size(scan, pre),
-                      bool(params.get("amplitude", False)),
-                      geometry=Geometry.from_dict(params.get("geometry")).to_dict())
-    if Geometry.from_dict(ts.geometry) != Geometry.from_dict(params.get("geometry")):
+                      bool(params.get("amplitude", False)), geometry=read_with)
+    if Geometry.from_dict(ts.geometry).to_dict() != read_with:
         raise StageError(f"{path}: read with geometry {params.get('geometry') or {}} but the "
                          f"training set in {root} was made with {ts.geometry or {}}; use "
                          "another train_dir for another detector or stage orientation")

@@ -155,3 +155,12 @@ def write_card(model_path: str | Path, version: int, preprocess: Preprocess,
                      preprocessing=preprocess, output_pixel_size_m=pixel_size_m)
     card.save(p.with_suffix(".json"))
     return card
+
+
+def do_nothing_model(folder: str | Path, size: int, pixel_size_m: float = 10e-9) -> Path:
+    """``folder/model-v1.onnx`` computing 1.0 * x + 0.0, with its card: what the edge's
+    benchmarks run to measure everything but the network (a few microseconds a batch).
+    """
+    path = affine_model(Path(folder) / "model-v1.onnx", size)
+    write_card(path, 1, Preprocess(input_size=size), pixel_size_m)
+    return path

@@ -23,11 +23,12 @@ from typing import Any
 
 from ptychoflow.edge.bench.codecs import sim_codec_args
 from ptychoflow.edge.bench.pipeline import (
-    _cpu_s,
-    _Receiver,
-    _steady_rate,
-    _wait,
+    Receiver,
+    cpu_s,
+    steady_rate,
+    stop_processes,
     thread_cpu_s,
+    wait_until,
 )
 from ptychoflow.edge.threads import POLICIES, current_policy, level_realtime_threads, set_policy
 from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
@@ -75,7 +76,7 @@ def _command(ctx: Any, prefix: str, command: str, reply: str) -> None:
     """
     pv = f"{prefix}Peer:Control"
     ctx.put(pv, {"command": command}, timeout=5.0)
-    _wait(lambda: str(ctx.get(pv, timeout=2.0)["statusMessage"]) == reply, 10,
+    wait_until(lambda: str(ctx.get(pv, timeout=2.0)["statusMessage"]) == reply, 10,
           f"pvapy-hpc-consumer's {command}", [])
 
 
@@ -123,14 +124,14 @@ def peer_pass(model: Path, args: argparse.Namespace, tmp: Path, rate: float, *,
             + sim_codec_args(getattr(args, "codec", "none")),
             env=src_env, preexec_fn=policy, stdout=logs[0].open("wb"),
             stderr=subprocess.STDOUT))
-        _wait(lambda: listening(src_env), 120, "the source listening", logs)
+        wait_until(lambda: listening(src_env), 120, "the source listening", logs)
         procs.append(subprocess.Popen(
             consumer_command(p, model, args.threads, batch, max(n, 1024)), env=peer_env,
             preexec_fn=policy, stdin=subprocess.DEVNULL, stdout=logs[1].open("wb"),
             stderr=subprocess.STDOUT))
-        _wait(lambda: listening(peer_env), 120, "pvapy-hpc-consumer listening", logs)
+        wait_until(lambda: listening(peer_env), 120, "pvapy-hpc-consumer listening", logs)
     except BaseException:
-        _stop(procs)
+        stop_processes(procs)
         raise
     # this client finds the source through its name server and the consumer by UDP
     # search only: through a name server that is a pvAccessCPP server (pvapy's), a p4p
@@ -152,10 +153,10 @@ def peer_pass(model: Path, args: argparse.Namespace, tmp: Path, rate: float, *,
                 return False
             return True
 
-        _wait(ready, 120, "pvapy-hpc-consumer connected to the simulator", logs)
+        wait_until(ready, 120, "pvapy-hpc-consumer connected to the simulator", logs)
         for pid in (procs[0].pid, procs[1].pid, None):
             level_realtime_threads(args.scheduling, pid)
-        rx = _Receiver(ctx, p + "Peer:Phase")
+        rx = Receiver(ctx, p + "Peer:Phase")
         time.sleep(0.5)
         rx.take()
         pids = {"source": procs[0].pid, "consumer": procs[1].pid, "client": None}
@@ -176,7 +177,7 @@ def peer_pass(model: Path, args: argparse.Namespace, tmp: Path, rate: float, *,
                 new = rx.take()
                 if new:
                     if not rows:  # CPU from the first result on, as the pipeline pass
-                        cpu0 = {k: _cpu_s(v) for k, v in pids.items()}
+                        cpu0 = {k: cpu_s(v) for k, v in pids.items()}
                         threads0 = thread_cpu_s(procs[1].pid)
                         first = len(new)
                     rows.extend(new)
@@ -185,16 +186,16 @@ def peer_pass(model: Path, args: argparse.Namespace, tmp: Path, rate: float, *,
                     break
                 time.sleep(0.05)
             frames = max(1, len(rows) - first)
-            cpu_ms = {k: round(1000.0 * (_cpu_s(v) - cpu0.get(k, 0.0)) / frames, 3)
+            cpu_ms = {k: round(1000.0 * (cpu_s(v) - cpu0.get(k, 0.0)) / frames, 3)
                       for k, v in pids.items()}
             spent = {k: v - threads0.get(k, 0.0)
                      for k, v in thread_cpu_s(procs[1].pid).items()}
             threads_us = {k: round(1e6 * v / frames, 1)
                           for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
             acquire = DETECTOR.cam1_acquire.name(p)
-            _wait(lambda: int(ctx.get(acquire, timeout=2.0)["value"]) == 0, 60,
+            wait_until(lambda: int(ctx.get(acquire, timeout=2.0)["value"]) == 0, 60,
                   "end of the acquisition", logs)
-            return {"fps": _steady_rate([r[0] for r in rows]) if rows else 0.0,
+            return {"fps": steady_rate([r[0] for r in rows]) if rows else 0.0,
                     "ids": sorted(r[1] for r in rows), "cpu_ms": cpu_ms,
                     "threads_us": threads_us, "stats": _status(ctx, p)}
 
@@ -220,7 +221,7 @@ def peer_pass(model: Path, args: argparse.Namespace, tmp: Path, rate: float, *,
         }
     finally:
         ctx.close()
-        _stop(procs)
+        stop_processes(procs)
 
 
 def compare(pipeline_fps: float, peer_fps: float) -> dict[str, Any]:
@@ -243,16 +244,3 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """SIGINT each process we started (the consumer then stops its processor), then wait."""
-    for proc in reversed(procs):
-        if proc.poll() is None:
-            proc.send_signal(2)
-    for proc in procs:
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)

@@ -31,7 +31,7 @@ from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
 from ptychoflow.pvnames import DETECTOR, EDGE
 
 
-class _Receiver:
+class Receiver:
     """Counts Edge:Phase updates: receipt time, uniqueId and source time stamp."""
 
     def __init__(self, ctx: Any, pv: str) -> None:
@@ -60,7 +60,7 @@ def _stat_cpu_s(stat: Path) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_s(pid: int | None = None) -> float:
+def cpu_s(pid: int | None = None) -> float:
     """CPU seconds of a process (all its threads) so far; None: this one."""
     return _stat_cpu_s(Path(f"/proc/{pid or 'self'}/stat"))
 
@@ -106,7 +106,7 @@ def _children_cpu_s(pid: int) -> tuple[dict[str, float], dict[str, float]]:
     for kid, name in children(pid).items():
         group = _group(name)
         try:
-            total, by_thread = _cpu_s(kid), thread_cpu_s(kid)
+            total, by_thread = cpu_s(kid), thread_cpu_s(kid)
         except OSError:  # the child ended meanwhile
             continue
         procs[group] = procs.get(group, 0.0) + total
@@ -115,7 +115,7 @@ def _children_cpu_s(pid: int) -> tuple[dict[str, float], dict[str, float]]:
     return procs, threads
 
 
-def _steady_rate(times: list[float]) -> float:
+def steady_rate(times: list[float]) -> float:
     """Frames per second between the 10th and the 90th percentile frame of a pass.
 
     Results arrive a micro-batch at a time; first-to-last would leave the first
@@ -129,7 +129,7 @@ def _steady_rate(times: list[float]) -> float:
     return (j - i) / (t[j] - t[i])
 
 
-def _wait(pred: Any, timeout: float, what: str, logs: list[Path]) -> None:
+def wait_until(pred: Any, timeout: float, what: str, logs: list[Path]) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
@@ -191,12 +191,12 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             # with lanes, each says so as it connects; the edge once all have
             return msg.startswith("connected to all" if lanes > 1 else "connected to")
 
-        _wait(ready, 120, "edge connected to the simulator", logs)
+        wait_until(ready, 120, "edge connected to the simulator", logs)
         # EPICS gives its network threads real-time priority where it may; the edge
         # levels its own under --scheduling batch, the source and this client alike
         for pid in (procs[0].pid, None):
             level_realtime_threads(args.scheduling, pid)
-        rx = _Receiver(ctx, EDGE.phase.name(p))
+        rx = Receiver(ctx, EDGE.phase.name(p))
         time.sleep(0.5)
         rx.take()
 
@@ -223,7 +223,7 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                 new = rx.take()
                 if new:
                     if not rows:
-                        cpu0.update({k: _cpu_s(v) for k, v in pids.items()})
+                        cpu0.update({k: cpu_s(v) for k, v in pids.items()})
                         kids, kid_threads = _children_cpu_s(procs[1].pid)
                         threads0.update(thread_cpu_s(procs[1].pid))
                         threads0.update(kid_threads)
@@ -234,10 +234,10 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                 # the source simulates the scan before it streams: the 5 s of silence that
                 # end a pass count from the first prediction, not from the start
                 return len(rows) >= n or (bool(rows) and time.monotonic() - last[0] > 5.0)
-            _wait(done, 60 + 5 * n / max(1.0, min(rate, engine_rate)), f"{n} predictions",
+            wait_until(done, 60 + 5 * n / max(1.0, min(rate, engine_rate)), f"{n} predictions",
                   logs)
             frames = max(1, len(rows) - at_first[0])
-            cpu_ms = {k: round(1000.0 * (_cpu_s(v) - cpu0.get(k, 0.0)) / frames, 3)
+            cpu_ms = {k: round(1000.0 * (cpu_s(v) - cpu0.get(k, 0.0)) / frames, 3)
                       for k, v in pids.items()}
             # the edge's child processes (lanes, the map's process) on their own lines
             kids, kid_threads = _children_cpu_s(procs[1].pid)
@@ -250,7 +250,7 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
             threads_us = {k: round(1e6 * v / frames, 1)
                           for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v > 0}
             acquire = DETECTOR.cam1_acquire.name(p)
-            _wait(lambda: int(ctx.get(acquire, timeout=2.0)["value"]) == 0, 30,
+            wait_until(lambda: int(ctx.get(acquire, timeout=2.0)["value"]) == 0, 30,
                   "end of the acquisition", logs)
             return rows, cpu_ms, threads_us
 
@@ -258,7 +258,7 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
         passes = []
         for _ in range(2):
             rows, cpu_ms, threads_us = one_pass(args.rate or args.rate_factor * engine_rate)
-            passes.append((_steady_rate([r[0] for r in rows]), rows, cpu_ms, threads_us))
+            passes.append((steady_rate([r[0] for r in rows]), rows, cpu_ms, threads_us))
         complete = all(sorted(r[1] for r in rows) == list(range(1, n + 1))
                        for _, rows, _, _ in passes)
         fps, rows, cpu_ms, threads_us = max(passes, key=lambda ps: ps[0])
@@ -282,11 +282,19 @@ def pipeline(path: Path, args: argparse.Namespace, engine_rate: float, tmp: Path
                 "edge_threads_us_per_frame": threads_us}
     finally:
         ctx.close()
-        for proc in reversed(procs):
+        stop_processes(procs)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGINT each process a pass started, last first (they finish cleanly), then wait;
+    kill any that has not ended in 20 s.
+    """
+    for proc in reversed(procs):
+        if proc.poll() is None:
             proc.send_signal(2)
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.edge.channel import ChannelClosed, Pipe, Slots
+from ptychoflow.edge.lanes.protocol import Free
 from ptychoflow.edge.messages import ModelNote, Position
 from ptychoflow.ntnda import Frame
 
@@ -107,8 +108,6 @@ class LaneHandle:
 
     def freer(self, slot: int) -> Callable[[], None]:
         """What gives ``slot`` back, to this process of the lane only."""
-        from ptychoflow.edge.lanes.protocol import Free
-
         pipe = self.pipe
 
         def free() -> None:
