@@ -27,6 +27,7 @@ from ptychoflow.ioc.compute import BackendNotConfigured, Compute
 from ptychoflow.ioc.deploy import ModelKeeper
 from ptychoflow.ioc.flowrun import FlowRunner
 from ptychoflow.ioc.qualitygate import QualityGate
+from ptychoflow.ioc.recovery import run_dir
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.report import ReportWriter
 from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue, until
@@ -235,7 +236,7 @@ class Orchestrator:
         """One run of the whole stage table on ``scan`` (a start must have been claimed)."""
         run_id = self.registry.new_run(str(scan), params)
         run = ActiveRun(run_id, scan, {**params, "run_id": run_id},
-                        self.settings.work_path / "runs" / f"run-{run_id:05d}")
+                        run_dir(self.settings.work_path, run_id))
         with self._lock:
             self._reserved = max(0, self._reserved - 1)
             self.active[run_id] = run

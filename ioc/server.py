@@ -26,6 +26,7 @@ from ptychoflow.ioc.flowrun import FlowRunner
 from ptychoflow.ioc.orchestrator import Orchestrator
 from ptychoflow.ioc.puts import PutRegistry
 from ptychoflow.ioc.qualitygate import QualityGate
+from ptychoflow.ioc.recovery import recover
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.report import ReportWriter
 from ptychoflow.ioc.settings import IocSettings
@@ -278,7 +279,7 @@ class ControlIoc:
     # -- life cycle -----------------------------------------------------------------------
     def _initial(self) -> dict[str, Any]:
         values: dict[str, Any] = dict(self.autosave.restore())
-        interrupted = self.registry.recover()
+        recovered = recover(self.registry, self.work)
         last = self.registry.last_run()
         values[CONTROL.model_version.suffix] = self.registry.latest_version()
         values[CONTROL.model_deployed.suffix] = self.registry.deployed_version()
@@ -286,10 +287,11 @@ class ControlIoc:
         self._auto_on = bool(values.get(CONTROL.workflow_auto.suffix, 0))
         if last is not None:
             values[CONTROL.workflow_run_id.suffix] = last["id"]
-        if interrupted:
+        if recovered.runs:
             values[CONTROL.workflow_state.suffix] = STATES.index(FAILED)
             values[CONTROL.workflow_message.suffix] = (
-                f"run(s) {interrupted} interrupted: the IOC stopped while they were active")
+                f"run(s) {list(recovered.runs)} interrupted: the IOC stopped while they were "
+                f"active ({recovered.summary()})")[:MESSAGE_LENGTH]
         return values
 
     def start(self) -> None:

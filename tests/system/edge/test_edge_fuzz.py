@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from p4p.nt import NTScalar
 
 from ptychoflow.edge.bench.models import affine_model, write_card
 from ptychoflow.epicsenv import isolated_env, pva_conf, random_prefix
-from ptychoflow.ntnda import placeholder, read_frame
+from ptychoflow.ntnda import placeholder, read_frame, timestamp_of
 from ptychoflow.preprocess import Preprocess
 from ptychoflow.pvnames import EDGE, PVSpec
 from tests.conftest import ServerProcess, wait_for_pva
@@ -328,6 +329,29 @@ def expected_outcome(value: Value) -> str:
     return "good"
 
 
+class Oracle:
+    """What the edge must make of each frame in the order sent, its re-send rule included:
+    a frame that decodes with the uniqueId and time stamp of the frame just before it is
+    that frame again (a reconnect re-sends the current value), neither published nor bad.
+    """
+
+    def __init__(self) -> None:
+        self.last: tuple[int, float | None] | None = None
+
+    def judge(self, value: Value) -> str:
+        outcome = expected_outcome(value)
+        uid = int(value["uniqueId"])
+        try:
+            key: tuple[int, float | None] = (uid, read_frame(value).timestamp)
+        except ValueError:
+            key = (uid, None)
+        if key[1] is not None and key == self.last:
+            return "re-sent"
+        if uid > 0:
+            self.last = key
+        return outcome
+
+
 def _odd_position(value: Value) -> bool:
     """Positions the map may refuse (placed too far): such a frame may count as bad too."""
     try:
@@ -382,9 +406,30 @@ def _wait_counted(fe: FuzzEdge, bad: int, processed: int, timeout: float = 60.0)
 @dataclass
 class Sent:
     value: Value
-    outcome: str  # what the edge must make of it: "bad" or "good"
+    outcome: str  # what the edge must make of it: "bad", "good" or "re-sent"
     far: bool  # placed off the origin: the map may refuse it (as too far)
     own_uid: bool
+
+
+def _key(ts: float) -> float:
+    return round(ts, 3)  # a frame's own: the test gives each a second of its own
+
+
+def _mismatch(sent: list[Sent], published: list[Any]) -> str:
+    """The frames the edge judged otherwise than the test, to name in a failure."""
+    out = [_key(f.timestamp) for f in published]
+    lines = []
+    for s in sent:
+        n = out.count(_key(timestamp_of(s.value)))
+        if (n > 0) != (s.outcome == "good") or n > 1:
+            v = s.value
+            raw = v["value"]
+            lines.append(f"expected {s.outcome}, published {n} time(s): uniqueId "
+                         f"{v['uniqueId']}, dataTimeStamp {v['dataTimeStamp.secondsPastEpoch']} "
+                         f"s {v['dataTimeStamp.nanoseconds']} ns, value "
+                         f"{None if raw is None else (raw.dtype, raw.shape)}, dimension "
+                         f"{[d['size'] for d in v['dimension']]}, codec {v['codec.name']!r}")
+    return "\n".join(lines) or f"no frame differs; published {out}"
 
 
 def test_malformed_frames_are_counted_as_bad_and_memory_stays_flat(fuzz_edge: FuzzEdge
@@ -398,6 +443,7 @@ def test_malformed_frames_are_counted_as_bad_and_memory_stays_flat(fuzz_edge: Fu
     bad0, processed0 = _settled(fe)
     log_start = len(fe.proc.log())
     phases_start = len(fe.collector.frames(fe.pv(EDGE.phase)))
+    oracle = Oracle()
     sent: list[Sent] = []
 
     @settings(max_examples=FRAMES, deadline=None, database=None,
@@ -405,42 +451,45 @@ def test_malformed_frames_are_counted_as_bad_and_memory_stays_flat(fuzz_edge: Fu
     @given(_frame_stream())
     def fuzz(fields: dict[str, Any]) -> None:
         value = ntndarray(fields)
-        s = Sent(value, expected_outcome(value), _odd_position(value),
-                 int(value["uniqueId"]) not in (0, 1))  # 1: the strategy's own; others: odd
-        sent.append(s)
-        _send(fe, value, s.own_uid)
+        own_uid = int(value["uniqueId"]) not in (0, 1)  # 1: the strategy's own; others: odd
+        _send(fe, value, own_uid)
+        sent.append(Sent(value, oracle.judge(value), _odd_position(value), own_uid))
 
     fuzz()
-    n_bad = sum(1 for s in sent if s.outcome == "bad")
-    n_good = len(sent) - n_bad
+    n = Counter(s.outcome for s in sent)
     far = sum(1 for s in sent if s.outcome == "good" and s.far)
     fe.assert_serves_next_frame()
-    _wait_counted(fe, bad0 + n_bad, processed0 + n_good + 1)
+    oracle.last = None  # the frame it served came in between
+    _wait_counted(fe, bad0 + n["bad"], processed0 + n["good"] + 1)
     bad, processed = _settled(fe)
-    assert processed - processed0 == n_good + 1  # every good one published, once
-    assert n_bad <= bad - bad0 <= n_bad + far  # every bad one counted (+ what the map refused)
-    assert any("bad frame skipped" in m for m in fe.messages)
     published = fe.collector.frames(fe.pv(EDGE.phase))[phases_start:]
+    assert processed - processed0 == n["good"] + 1, _mismatch(sent, published)  # each once
+    assert n["bad"] <= bad - bad0 <= n["bad"] + far  # every bad one counted (+ map refusals)
+    assert any("bad frame skipped" in m for m in fe.messages)
     assert all(np.isfinite(f.array).all() for f in published)  # nothing spoils the map
-    print(f"{len(sent)} frames: {n_bad} bad, {n_good} good; the edge counted {bad - bad0} bad")
+    print(f"{len(sent)} frames: {dict(n)}; the edge counted {bad - bad0} bad")
 
-    def replay() -> None:
+    def replay() -> Counter[str]:
         bad_now, processed_now = fe.counters()
+        got: Counter[str] = Counter()
         for s in sent:
             _send(fe, s.value, s.own_uid)
-        _wait_counted(fe, bad_now + n_bad, processed_now + n_good)
+            outcome = oracle.judge(s.value)
+            got[outcome] += 1
+            got["far"] += outcome == "good" and s.far
+        _wait_counted(fe, bad_now + got["bad"], processed_now + got["good"])
+        return got
 
     replay()  # warm: the first repeat may still fill caches
     rss0 = fe.rss_kb()
     bad0, processed0 = _settled(fe)
-    for _ in range(REPLAYS):
-        replay()
+    total: Counter[str] = sum((replay() for _ in range(REPLAYS)), Counter())
     fe.assert_serves_next_frame()
     bad, processed = _settled(fe)
     grown = fe.rss_kb() - rss0
     print(f"edge VmRSS {rss0} kB, grew {grown} kB over {REPLAYS * len(sent)} more frames")
-    assert processed - processed0 == REPLAYS * n_good + 1
-    assert REPLAYS * n_bad <= bad - bad0 <= REPLAYS * (n_bad + far)
+    assert processed - processed0 == total["good"] + 1
+    assert total["bad"] <= bad - bad0 <= total["bad"] + total["far"]
     assert grown < RSS_GROWTH_LIMIT_KB
     assert "Traceback" not in fe.proc.log()[log_start:]  # nothing escaped a callback
     stitched = read_frame(fe.collector.ctx.get(fe.pv(EDGE.stitched), timeout=5.0))

@@ -142,3 +142,38 @@ def export_affine(scan_path: str, workdir: str, params: dict[str, Any],
     write_card(model, version, Preprocess(input_size=32, intensity="linear"), 10e-9)
     return {"model": str(model), "card": str(model.with_suffix(".json")), "version": version,
             "quality": {"ssim": 0.9}, "metrics": {"best_val_loss": params["best_val_loss"]}}
+
+
+def _slow(scan_path: str, part: Path, progress: Any) -> None:
+    """For a scan named slow*: half-write ``part`` (as an atomic writer does before its
+    rename), then work a minute.
+    """
+    if not Path(scan_path).name.startswith("slow"):
+        return
+    part.write_bytes(b"\x93NUMPY half-written")
+    for step in range(600):
+        time.sleep(0.1)
+        if progress:
+            progress(step / 600, f"step {step}", epoch=step)
+
+
+def reconstruct_slow(scan_path: str, workdir: str, params: dict[str, Any],
+                     progress: Any = None) -> dict[str, Any]:
+    """Reconstructs a slow* scan for up to a minute, its output half-written meanwhile."""
+    _slow(scan_path, Path(workdir) / "recon.npy.part", progress)
+    return reconstruct(scan_path, workdir, params, progress)
+
+
+def export_slow(scan_path: str, workdir: str, params: dict[str, Any],
+                progress: Any = None) -> dict[str, Any]:
+    """Exports a slow* scan for up to a minute, the model half-written in the model folder."""
+    model = Path(params["model_dir"]) / f"model-v{params['version']}.onnx.part"
+    _slow(scan_path, model, progress)
+    return export(scan_path, workdir, params, progress)
+
+
+def train_slow_half(scan_path: str, workdir: str, params: dict[str, Any],
+                    progress: Any = None) -> dict[str, Any]:
+    """Trains on a slow* scan for up to a minute, its checkpoint half-written meanwhile."""
+    _slow(scan_path, Path(workdir) / "checkpoint.npy.part", progress)
+    return train(scan_path, workdir, params, progress)
