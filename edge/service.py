@@ -14,14 +14,16 @@ handlers are registered here, each next to its PV.
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 from collections.abc import Mapping
 from pathlib import Path
 
-from ptychoflow.edge.infer.hotswap import auto_streams, prepare
+from ptychoflow.edge.infer.hotswap import Served, auto_streams, prepare
+from ptychoflow.edge.infer.resume import ServingRecord, Start, choose, load_first, start_message
 from ptychoflow.edge.input.intake import Intake
 from ptychoflow.edge.lanes.parent import LaneSet
-from ptychoflow.edge.messages import FrameSource, QueueItem
+from ptychoflow.edge.messages import FrameSource, ModelNote, QueueItem
 from ptychoflow.edge.output.publisher import Publisher
 from ptychoflow.edge.output.pvaserver import EdgeServer, WriteGuard
 from ptychoflow.edge.settings import EdgeSettings
@@ -55,23 +57,31 @@ class EdgeService:
                                                                      4 * self.n_lanes))
         self.server = EdgeServer(settings.prefix, conf,
                                  WriteGuard(settings.writers, settings.writer_hosts))
+        self.record = ServingRecord(self.model_dir, settings.prefix,
+                                    str(model_path) if model_path else "")
         self.source: FrameSource
         try:
+            start = choose(settings, self.model_dir, self.record)
             if self.n_lanes > 1:
-                self.source = LaneSet(settings, self.model_dir, inputs, self._fifo,
-                                      self.message, conf)
+                def lanes(spec: str) -> LaneSet:
+                    return LaneSet(dataclasses.replace(settings, model=spec), self.model_dir,
+                                   inputs, self._fifo, self.message, conf)
+
+                self.source, start = load_first(start, lanes)
             else:
                 # Without a model the edge still serves its PVs and follows the input, so
                 # the first model of a beamtime can be deployed to it like any later one.
-                served = (prepare(str(model_path), settings, self.model_dir)
-                          if model_path else None)
+                def load(spec: str) -> Served | None:
+                    return prepare(spec, settings, self.model_dir) if spec else None
+
+                served, start = load_first(start, load)
                 self.source = Intake(settings, self.model_dir, served, self._fifo,
                                      self.message, conf)
         except BaseException:
             self.server.close()
             raise
         self.publisher = Publisher(settings, self.server, self._fifo, self.source,
-                                   self.message)
+                                   self.message, on_serving=self.record.write)
         self.server.on_put(EDGE.stitched_reset, self._on_reset)
         self.server.on_put(EDGE.enable, self._on_enable)
         self.server.on_put(EDGE.input, self._on_input)
@@ -79,13 +89,19 @@ class EdgeService:
         model = self.source.model
         self.server.post_scalar(EDGE.model_version, model.version if model else 0)
         self.server.post_scalar(EDGE.input, settings.input)
-        self.publisher.start()
         if model is not None:
-            self.message(f"serving {model.name} (version {model.version}) on {model.where}")
+            self.record.write(model)  # what serves now is what a restart comes back to
+        self.publisher.start()
+        self._say_start(start, model)
+        self.source.start()
+
+    def _say_start(self, start: Start, model: ModelNote | None) -> None:
+        if model is not None:
+            self.message(start_message(start, model, self.settings))
         else:
             self.message(f"no model yet: put a model-vN.onnx under {self.model_dir} "
-                         f"to {EDGE.model_load.suffix}")
-        self.source.start()
+                         f"to {EDGE.model_load.suffix}"
+                         + (f"; {start.why_not}" if start.why_not else ""))
 
     # ---- put handlers ------------------------------------------------------------------
     def _on_reset(self, value: int) -> None:

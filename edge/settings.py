@@ -27,6 +27,10 @@ class EdgeSettings:
     model: str = setting("", "ONNX model to serve (model-vN.onnx, its card model-vN.json beside)")
     model_dir: str = setting("", "folder models may be loaded from (default: the folder of "
                                  "--model); paths outside it are refused")
+    resume: bool = setting(True, "at start, serve the model this edge served last (the one "
+                                 f"deployed by {EDGE.model_load.suffix}, recorded in the "
+                                 "model folder) rather than --model, so a restarted edge "
+                                 "does not fall back to an old model")
     engine: str = setting("auto", "inference engine", choices=ENGINES)
     device: str = setting("auto", "cpu, cuda or auto (cuda when an engine can use it)",
                           choices=DEVICES)

@@ -7,5 +7,7 @@
 * ``runners.py``: engines on threads of this process (streams) or in worker
   processes, each returning futures;
 * ``hotswap.py``: load, check and warm up a model in the background; a model
-  swapped out closes itself once its last batch is published.
+  swapped out closes itself once its last batch is published;
+* ``resume.py``: the record of the model serving, kept in the model folder, so
+  a restarted edge serves the model deployed last rather than ``--model``.
 """

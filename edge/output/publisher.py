@@ -46,12 +46,14 @@ class Publisher:
 
     def __init__(self, settings: EdgeSettings, server: EdgeServer,
                  fifo: queue.Queue[QueueItem], source: FrameSource,
-                 message: Callable[[str], None]) -> None:
+                 message: Callable[[str], None],
+                 on_serving: Callable[[ModelNote], None] | None = None) -> None:
         self.settings = settings
         self.server = server
         self.fifo = fifo
         self.source = source
         self.message = message
+        self.on_serving = on_serving  # told of each model swapped in (a restart resumes it)
         self.model: ModelNote | None = source.model
         self.reset_requested = threading.Event()
         self.processed = 0
@@ -118,6 +120,8 @@ class Publisher:
             self._new_stitcher()
         self.server.post_scalar(EDGE.model_version, new.version)
         self.message(f"now serving {new.name} (version {new.version})")
+        if self.on_serving is not None:
+            self.on_serving(new)
 
     # ---- the loop ----------------------------------------------------------------------
     def _run(self) -> None:
