@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 SAVED: tuple[PVSpec, ...] = tuple(s for s in CONTROL if s.autosave)
 
 
+class AutosaveError(RuntimeError):
+    """A setting could not be written to the autosave file (it still applies)."""
+
+
 class Autosave:
     """The saved settings of one IOC, kept in ``path``."""
 
@@ -61,8 +65,14 @@ class Autosave:
             self._values[suffix] = value
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + ".part")
-            with tmp.open("w") as fh:
-                json.dump(self._values, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            try:
+                with tmp.open("w") as fh:
+                    json.dump(self._values, fh, indent=1, sort_keys=True)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, self.path)
+            except OSError as exc:  # a full disk: the last saved file stays whole
+                tmp.unlink(missing_ok=True)
+                raise AutosaveError(f"{suffix} = {value!r} applies now but could not be saved "
+                                    f"to {self.path} ({exc.strerror or exc}); it will not "
+                                    "survive a restart until the folder is writable") from exc

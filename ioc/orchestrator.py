@@ -27,7 +27,7 @@ from ptychoflow.ioc.compute import BackendNotConfigured, Compute
 from ptychoflow.ioc.deploy import ModelKeeper
 from ptychoflow.ioc.flowrun import FlowRunner
 from ptychoflow.ioc.qualitygate import QualityGate
-from ptychoflow.ioc.recovery import run_dir
+from ptychoflow.ioc.recovery import no_space, run_dir
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.report import ReportWriter
 from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue, until
@@ -312,6 +312,11 @@ class Orchestrator:
                                            f"{run.sm.state}; its partial outputs were removed")
             return
         where = run.sm.state if run.sm.busy else "start"
+        full = no_space(exc, self.settings.work_path)
+        if full:
+            self._transition(run, FAILED, f"Failed in {where}: {full}, then start again "
+                                          "(nothing half-written was kept)")
+            return
         expected = isinstance(exc, RuntimeError)
         if not expected:
             log.error("run %d failed in %s", run.id, where, exc_info=exc)

@@ -12,7 +12,9 @@ they are what the registry's results point at.
 
 from __future__ import annotations
 
+import errno
 import logging
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,3 +75,36 @@ def recover(registry: Registry, work: Path) -> Recovered:
     if done.runs or done.removed:
         log.warning("after a crash: %s", done.summary())
     return done
+
+
+# how a full disk reads where no errno says so: numpy's short write, SQLite, a remote worker's
+# exception that came back as text
+FULL_TEXT = re.compile(r"No space left on device|Disk quota exceeded|database or disk is full"
+                       r"|\d+ requested and \d+ written")
+
+
+def no_space(exc: BaseException, work: Path) -> str | None:
+    """A failure caused by a full disk, said so: which folder, how much is free, what to do.
+
+    A full disk shows up as ``OSError`` ENOSPC (or EDQUOT, over quota) somewhere in the
+    chain of causes (a transfer's copy), or only in an error's text (numpy's short write,
+    SQLite, an exception a remote worker sent back). The folder named is the file's, where
+    the error knows it, else the work folder every stage writes under.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        coded = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+        if coded or FULL_TEXT.search(str(cause)):
+            name = getattr(cause, "filename", None)
+            folder = Path(name).parent if isinstance(name, str) else work
+            try:
+                free = f"{shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+            except OSError:
+                free = "free space unknown"
+            why = (cause.strerror if isinstance(cause, OSError) and cause.strerror
+                   else str(cause))
+            return f"the disk holding {folder} is full ({free}; {why}); free space there"
+        cause = cause.__cause__ or cause.__context__
+    return None

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ptychoflow.ioc.edgerecorder import SAMPLES_FILE, SampleLog
+from ptychoflow.ioc.recovery import no_space
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.reportsections import (
     ReportError,
@@ -77,6 +78,8 @@ def build_report(run_dir: Path, registry: Registry, samples: SampleLog | None) -
             except LookupError as exc:
                 body.append(f"<p class='missing'>{html.escape(str(exc))}</p>")
             except Exception as exc:  # one figure that fails must not lose the others
+                if no_space(exc, run_dir):
+                    raise  # ... but on a full disk none will be written
                 log.warning("run %d report: %s failed", rep.id, method, exc_info=True)
                 body.append(f"<p class='missing'>Could not draw this: "
                             f"{html.escape(type(exc).__name__)}: {html.escape(str(exc))}</p>")
@@ -135,6 +138,12 @@ class ReportWriter:
                 self.flush()
             index = build_report(run_dir, self.registry, self.samples)
         except Exception as exc:
+            full = no_space(exc, run_dir)
+            if full:
+                log.warning("report of run %d not written: %s", run_id, full)
+                self.sink.message(f"Report of run {run_id} not written: {full}, then rebuild "
+                                  f"it with: ptychoflow report {run_dir}")
+                return None
             log.exception("report of run %d failed", run_id)
             self.sink.message(f"Report of run {run_id} failed: {type(exc).__name__}: {exc}")
             return None

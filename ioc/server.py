@@ -18,7 +18,7 @@ from typing import Any
 
 from ptychoflow.geometry import Geometry
 from ptychoflow.ioc import access
-from ptychoflow.ioc.autosave import Autosave
+from ptychoflow.ioc.autosave import Autosave, AutosaveError
 from ptychoflow.ioc.compute import COMPUTES, Compute, table_of
 from ptychoflow.ioc.deploy import deploy_to_edge
 from ptychoflow.ioc.edgerecorder import SAMPLES_FILE, EdgeRecorder
@@ -195,7 +195,7 @@ class ControlIoc:
     # a put of On while on reopens the quality gate, so every put of it is processed
     @PUTS.on_put(CONTROL.workflow_auto, every_put=True)
     async def _on_auto(self, value: int) -> None:
-        self.autosave.save(CONTROL.workflow_auto.suffix, value)
+        self._save(CONTROL.workflow_auto.suffix, value)
         was_on, self._auto_on = self._auto_on, bool(value)
         if value and self.gate.closed:
             self.gate.reopen()
@@ -213,7 +213,7 @@ class ControlIoc:
 
     @PUTS.on_put(CONTROL.model_quality_target)
     async def _on_quality_target(self, value: float) -> None:
-        self.autosave.save(CONTROL.model_quality_target.suffix, value)
+        self._save(CONTROL.model_quality_target.suffix, value)
         if self.gate.set_target(float(value)):
             self.post({CONTROL.model_target_met.suffix: 0})
             self.message(f"Auto: quality target lowered to {value:.3f}; resumed sending scans")
@@ -245,8 +245,15 @@ class ControlIoc:
 
     def _saver(self, suffix: str) -> Any:
         async def save(value: Any) -> None:
-            self.autosave.save(suffix, value)
+            self._save(suffix, value)
         return save
+
+    def _save(self, suffix: str, value: Any) -> None:
+        """Autosave one setting; a full disk is said on Message_RBV, the setting applies."""
+        try:
+            self.autosave.save(suffix, value)
+        except AutosaveError as exc:
+            self.message(str(exc))
 
     async def _auto_loop(self) -> None:
         """Queue new scans while Auto is on; start runs while the back end has room."""

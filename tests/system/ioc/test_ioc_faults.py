@@ -8,18 +8,28 @@ and a new run goes to Done.
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from ioc_helpers import make_scan
+from ioc_helpers import make_scan, wait_for
 from test_ioc_restart import fresh_context
 from test_ioc_workflow import message, put_start, state, wait_final
 
+from ptychoflow.epicsenv import isolated_env, random_prefix
+from ptychoflow.pvnames import EDGE
 from ptychoflow.scanfile import Scan, write_scan
+from tests.conftest import ServerProcess, wait_for_pva
+from tests.system.edge.edge_helpers import Collector, FrameSource
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
 
@@ -37,6 +47,15 @@ def _big_scan(path: Path) -> Path:
     data = np.random.default_rng(1).integers(0, 1000, (n, size, size), dtype=np.uint16)
     return write_scan(path, Scan(data=data, positions=np.zeros((n, 2)), energy_ev=8800.0,
                                  distance_m=2.0, pixel_size_m=75e-6))
+
+
+def run_message(ioc: Any, run_id: int) -> str:
+    """The message the registry holds for run ``run_id``."""
+    db = sqlite3.connect(ioc.work / "registry.sqlite")
+    try:
+        return str(db.execute("SELECT message FROM runs WHERE id=?", (run_id,)).fetchone()[0])
+    finally:
+        db.close()
 
 
 def _parts(work: Path) -> list[Path]:
@@ -100,6 +119,141 @@ def test_kill9_in_each_stage_loses_nothing_and_the_next_run_completes(iocs, pva,
         n = put_start(pva, again)
         assert wait_final(pva, again, 60, run=n) == "Done", message(pva, again)
         assert pva.get(again.pv("Model:Version_RBV")) == 2
+        assert again.stop() == 0  # once its report is written
         assert _parts(again.work) == []
     finally:
         pva.close()
+
+
+# ---- a full disk ----------------------------------------------------------------------------
+DISK_MB = 24
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A file system of DISK_MB of its own (tmpfs), so the test can fill it."""
+    disk = tmp_path / "work"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_MB}m", "tmpfs", str(disk)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip()}): needs root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` up, then give back ``leave`` bytes."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    block = b"\1" * (1 << 16)
+    try:
+        while True:
+            os.write(fd, block)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+class Stream:
+    """Frames to the edge at 50 Hz from a thread, until closed."""
+
+    def __init__(self, source: FrameSource) -> None:
+        self.source, self.uid, self._stop = source, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        ones = np.ones((32, 32), np.float32)
+        while not self._stop.wait(0.02):
+            self.uid += 1
+            self.source.publish(ones, self.uid, {"PositionX": 0.0, "PositionY": 0.0})
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_a_full_disk_fails_the_run_naming_the_folder_and_the_edge_keeps_serving(
+        iocs, pva, epics_env, small_disk: Path, tmp_path: Path) -> None:
+    # the edge loads its models from the IOC's model folder, on the disk that fills up
+    source_env, edge_env = isolated_env(), isolated_env()
+    edge_env["EPICS_PVA_NAME_SERVERS"] += f" 127.0.0.1:{source_env['EPICS_PVA_SERVER_PORT']}"
+    ep = random_prefix()
+    source = FrameSource(source_env, ep + "Src:Image")
+    models = small_disk / "models"
+    models.mkdir()
+    edge = ServerProcess([sys.executable, "-m", "ptychoflow.cli", "edge", "--prefix", ep,
+                          "--input", source.pv, "--model-dir", str(models), "--threads", "1"],
+                         edge_env, tmp_path / "edge.log")
+    names = (epics_env["EPICS_PVA_NAME_SERVERS"] +
+             f" 127.0.0.1:{edge_env['EPICS_PVA_SERVER_PORT']}")
+    ioc = iocs.start(work=small_disk, edge_prefix=ep, extra_env={"EPICS_PVA_NAME_SERVERS": names},
+                     stages={"reconstruct": "ioc_test_stages:reconstruct_fills",
+                             "export": "ioc_test_stages:export_affine"},
+                     tables={"transfer.local": {"retries": 1, "backoff_s": 0.1}})
+    edge_pvs = Collector(edge_env)
+    stream: Stream | None = None
+    try:
+        wait_for_pva(edge_env, EDGE.processed.name(ep), timeout=60, server=edge)
+        served = lambda: edge_pvs.get(EDGE.model_version.name(ep))  # noqa: E731
+        processed = lambda: edge_pvs.get(EDGE.processed.name(ep))  # noqa: E731
+        pva.put(ioc.pv("Recon:Epochs"), 2)
+        pva.put(ioc.pv("Train:Epochs"), 2)
+        pva.put(ioc.pv("Scan:Path"), str(make_scan(ioc.data / "a.h5")))
+        assert wait_final(pva, ioc, 60, run=put_start(pva, ioc)) == "Done", message(pva, ioc)
+        wait_for(lambda: served() == 1, 30, "the edge serving model v1", ioc)
+        stream = Stream(source)
+        wait_for(lambda: processed() > 10, 30, "the edge processing", ioc)
+
+        # a disk that is all but full: a big scan's copy fails, naming the folder
+        filler = _fill(small_disk, leave=1 << 20)
+        before = processed()
+        pva.put(ioc.pv("Scan:Path"), str(make_scan(ioc.data / "big.h5", n=100, size=128)))
+        assert wait_final(pva, ioc, 60, run=put_start(pva, ioc)) == "Failed"
+        said = run_message(ioc, 2)  # Message_RBV may say next that its report was not written
+        assert said.startswith("Failed in Transferring: the disk holding") and \
+            str(small_disk) in said and "is full" in said and "free space there" in said, said
+        # ... and a stage that writes more than is left fails the same way
+        pva.put(ioc.pv("Scan:Path"), str(make_scan(ioc.data / "fill.h5")))
+        assert wait_final(pva, ioc, 60, run=put_start(pva, ioc)) == "Failed"
+        said = run_message(ioc, 3)
+        assert said.startswith("Failed in Reconstructing: the disk holding") and \
+            "is full" in said, said
+        # a setting put on a disk with no room at all applies, and says it is not saved
+        _fill(small_disk, leave=0)
+        pva.put(ioc.pv("Recon:Epochs"), 3)
+        wait_for(lambda: "could not be saved" in message(pva, ioc), 10, "not saved", ioc)
+        assert pva.get(ioc.pv("Recon:Epochs")) == 3
+        saved = json.loads((small_disk / "autosave.json").read_text())  # still whole
+        assert saved["Recon:Epochs"] == 2
+        # the edge served all along; nothing half-written; the registry whole
+        wait_for(lambda: processed() > before + 50, 30, "the edge still serving", ioc)
+        assert edge.alive() and served() == 1
+        assert [p for p in small_disk.rglob("*") if p.name.endswith(".part")] == []
+        db = sqlite3.connect(small_disk / "registry.sqlite")
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = [r[0] for r in db.execute("SELECT state FROM runs ORDER BY id")]
+        db.close()
+        assert states == ["Done", "Failed", "Failed"]
+        assert not (small_disk / "runs" / "run-00003" / "reconstruct").exists()
+
+        # space returns: the next run completes and its model reaches the edge
+        filler.unlink()
+        pva.put(ioc.pv("Train:Epochs"), 4)  # a better model than v1, so it is deployed
+        pva.put(ioc.pv("Scan:Path"), str(make_scan(ioc.data / "c.h5")))
+        assert wait_final(pva, ioc, 60, run=put_start(pva, ioc)) == "Done", message(pva, ioc)
+        wait_for(lambda: served() == 2, 30, "the edge serving model v2", ioc)
+        assert "Traceback" not in edge.log() and "Traceback" not in ioc.log()
+    finally:
+        if stream is not None:
+            stream.close()
+        edge_pvs.close()
+        edge.stop()
+        source.stop()
+        ioc.stop()
