@@ -25,6 +25,11 @@ class ScanFileError(ValueError):
         self.problem = problem
         super().__init__(f"{path}: {problem}")
 
+    def __reduce__(self) -> tuple[type[ScanFileError], tuple[str, str]]:
+        # a stage's error crosses from its worker process by pickle: rebuilt from the two
+        # arguments, not from the one message (which would break the process pool)
+        return type(self), (self.path, self.problem)
+
 
 @dataclass
 class Scan:

@@ -103,8 +103,10 @@ class _Failed(Exception):
     """One task that did not succeed; another attempt may."""
 
     def __init__(self, task_id: str, reason: str) -> None:
-        super().__init__(f"task {task_id}: {reason}")
-        self.task_id = task_id
+        super().__init__(task_id, reason)  # both in args: it pickles, as every error here
+
+    def __str__(self) -> str:
+        return f"task {self.args[0]}: {self.args[1]}"
 
 
 def _collection_problem(doc: Any) -> str | None:

@@ -107,11 +107,15 @@ def read_any(path: str | os.PathLike[str], *, frames: bool = True) -> Scan:
 
 
 def check_scan_file(path: str | os.PathLike[str]) -> ScanFormat:
-    """The layout of ``path`` once the files it needs are known to be there, else an error.
+    """The layout of ``path`` once the files it needs are there and its header reads, else
+    an error naming what is wrong (truncated, not HDF5, positions that disagree with the
+    frames, ...).
 
-    Cheap (no frames are read): for the IOC to refuse a ``Scan:Path`` before a run.
+    Cheap (no frames are read): for the IOC to refuse a ``Scan:Path`` before a run, rather
+    than a stage minutes later.
     """
     fmt = detect_format(path)
     if fmt.preflight is not None:
         fmt.preflight(Path(path))
+    fmt.read(Path(path), False)
     return fmt

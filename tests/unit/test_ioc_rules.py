@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 
+import numpy as np
 import pytest
 
 from ptychoflow.config import ConfigError
@@ -13,6 +14,7 @@ from ptychoflow.ioc.settings import DEFAULT_STAGES, IocSettings
 from ptychoflow.ioc.statemachine import StateMachine, TransitionError, allowed
 from ptychoflow.ioc.validate import check_scan_path, check_value
 from ptychoflow.pvnames import CONTROL, by_suffix
+from ptychoflow.scanfile import Scan, write_scan
 
 S = by_suffix(CONTROL)
 
@@ -38,8 +40,10 @@ def test_check_value(suffix, value, ok):
 def test_scan_path_must_be_a_complete_file_under_the_data_root(tmp_path):
     root = tmp_path / "data"
     (root / "sub").mkdir(parents=True)
-    good = root / "sub" / "s.h5"
-    good.write_bytes(b"x")
+    good = write_scan(root / "sub" / "s.h5", Scan(data=np.ones((2, 4, 4), np.uint16),
+                                                  positions=np.zeros((2, 2)), energy_ev=8800.0,
+                                                  distance_m=2.0, pixel_size_m=75e-6))
+    (root / "junk.h5").write_bytes(b"x")
     outside = tmp_path / "o.h5"
     outside.write_bytes(b"x")
     os.symlink(outside, root / "escape.h5")
@@ -57,6 +61,7 @@ def test_scan_path_must_be_a_complete_file_under_the_data_root(tmp_path):
     assert "does not exist" in check_scan_path(str(root / "nope.h5"), root)
     assert "does not exist" in check_scan_path(str(root / "sub"), root)
     assert check_scan_path("bad\x00path", root) is not None
+    assert "not a readable HDF5" in check_scan_path(str(root / "junk.h5"), root)  # header read
 
 
 def test_state_machine_follows_the_pipeline():

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import pytest
 from ioc_helpers import make_scan, wait_for
@@ -123,6 +124,56 @@ def test_kill9_in_each_stage_loses_nothing_and_the_next_run_completes(iocs, pva,
         assert _parts(again.work) == []
     finally:
         pva.close()
+
+
+# ---- bad scan files -------------------------------------------------------------------------
+def _cut(path: Path) -> Path:
+    os.truncate(path, path.stat().st_size // 2)
+    return path
+
+
+def _inconsistent(path: Path) -> Path:
+    with h5py.File(path, "a") as f:  # 5 x positions for 20 frames
+        x = f["entry/instrument/positions/x"][:5]
+        del f["entry/instrument/positions/x"]
+        f["entry/instrument/positions/x"] = x
+    return path
+
+
+def test_bad_scan_files_are_refused_at_every_stage_naming_the_cause(iocs, pva):
+    from p4p.client.thread import RemoteError
+
+    ioc = iocs.start(stages={"reconstruct": "ioc_test_stages:reconstruct_cut_input"})
+    good = make_scan(ioc.data / "good.h5", n=20, size=16)
+    pva.put(ioc.pv("Scan:Path"), str(good))
+    junk = ioc.data / "junk.h5"
+    junk.write_bytes(np.random.default_rng(0).bytes(5000))
+    # at the put: the header is read, so each is refused with its cause
+    for path, cause in [(_cut(make_scan(ioc.data / "cut.h5", n=20, size=16)), "truncated"),
+                        (junk, "not a readable HDF5"),
+                        (_inconsistent(make_scan(ioc.data / "odd.h5", n=20, size=16)),
+                         "positions x (5,) and y (20,) must be equal")]:
+        with pytest.raises(RemoteError):
+            pva.put(ioc.pv("Scan:Path"), str(path))
+        assert cause in message(pva, ioc) and path.name in message(pva, ioc)
+        assert pva.get(ioc.pv("Scan:Path")) == str(good)
+    # at the start: accepted whole, cut before the run starts
+    later = make_scan(ioc.data / "later.h5", n=20, size=16)
+    pva.put(ioc.pv("Scan:Path"), str(later))
+    _cut(later)
+    runs = pva.get(ioc.pv("Workflow:RunId_RBV"))
+    with pytest.raises(RemoteError):
+        pva.put(ioc.pv("Workflow:Start"), 1)
+    assert "truncated" in message(pva, ioc)
+    assert pva.get(ioc.pv("Workflow:RunId_RBV")) == runs  # no run
+    # in a stage: the compute site's copy cut short before the solver reads it
+    pva.put(ioc.pv("Scan:Path"), str(make_scan(ioc.data / "cutsite.h5", n=20, size=16)))
+    assert wait_final(pva, ioc, 60, run=put_start(pva, ioc)) == "Failed"
+    said = run_message(ioc, runs + 1)
+    assert said.startswith("Failed in Reconstructing: ScanFileError") and "truncated" in said
+    # and a good scan still goes through
+    pva.put(ioc.pv("Scan:Path"), str(good))
+    assert wait_final(pva, ioc, 60, run=put_start(pva, ioc)) == "Done", message(pva, ioc)
 
 
 # ---- a full disk ----------------------------------------------------------------------------
