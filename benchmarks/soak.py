@@ -74,6 +74,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--do-nothing", action="store_true", help="1.0 * x + 0.0 instead of PtychoNN")
     ap.add_argument("--sample-s", type=float, default=5.0)
+    ap.add_argument("--samples-out", default="", help="write every memory sample here "
+                    "(JSON lines), to see whether memory levels off")
     args = ap.parse_args()
     from p4p.client.thread import Context
 
@@ -166,6 +168,8 @@ def _soak(ctx: Any, p: str, procs: list[subprocess.Popen[bytes]],
             time.sleep(0.2)
         sent += int(_get(ctx, DETECTOR.cam1_array_counter.name(p)))
     time.sleep(3.0)  # the last batches out, the status posted
+    if args.samples_out:
+        Path(args.samples_out).write_text("".join(json.dumps(x) + "\n" for x in samples))
     counts = {k: int(_get(ctx, spec.name(p))) for k, spec in (
         ("processed", EDGE.processed), ("missed", EDGE.missed), ("dropped", EDGE.dropped),
         ("bad", EDGE.bad_frames))}

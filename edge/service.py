@@ -29,10 +29,21 @@ from ptychoflow.edge.output.pvaserver import EdgeServer, WriteGuard
 from ptychoflow.edge.settings import EdgeSettings
 from ptychoflow.pvnames import EDGE
 
+MAX_PV_NAME = 255  # longer than any beamline's PV names; a 100 kB put is a mistake
+
 
 def split_inputs(text: str) -> list[str]:
-    """Input PV names from ``--input`` or an ``Edge:Input`` put: separated by spaces or commas."""
-    return [t for t in text.replace(",", " ").split() if t]
+    """Input PV names from ``--input`` or an ``Edge:Input`` put: separated by spaces or
+    commas. A name too long or with control characters raises ValueError (the put is
+    refused): it can only be a paste gone wrong, and the edge would search for it for ever.
+    """
+    names = [t for t in text.replace(",", " ").split() if t]
+    for name in names:
+        if len(name) > MAX_PV_NAME or not name.isprintable():
+            raise ValueError(f"{EDGE.input.suffix}: {name[:40]!r}... is not a PV name (over "
+                             f"{MAX_PV_NAME} characters or control characters); put the "
+                             "detector's image PV, e.g. 13SIM1:Pva1:Image")
+    return names
 
 
 class EdgeService:

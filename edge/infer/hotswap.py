@@ -25,6 +25,7 @@ from ptychoflow.edge.infer.modelcheck import (
     ModelInfo,
     describe_model,
     resolve_model_path,
+    verify_card,
 )
 from ptychoflow.edge.infer.runners import ProcessRunner, Runner, ThreadRunner
 from ptychoflow.edge.messages import ModelNote
@@ -103,13 +104,15 @@ def _inspect(path: Path, settings: EdgeSettings, model_dir: Path) -> Engine:
 def prepare(spec: str, settings: EdgeSettings, model_dir: Path) -> Served:
     """Load, check and warm up the model ``spec`` (path or version); raises ModelError."""
     path = resolve_model_path(spec, model_dir, settings.int8)
+    verify_card(path)
     try:
         engine = _inspect(path, settings, model_dir)
     except (EngineError, OSError) as exc:
         raise ModelError(str(exc)) from exc
     try:
         info = describe_model(path, engine.input_name, engine.input_shape, engine.outputs,
-                              settings.pixel_size_m, geometry=Geometry.parse(settings.geometry))
+                              settings.pixel_size_m, verify=False,  # done above
+                              geometry=Geometry.parse(settings.geometry))
     except ModelError:
         engine.close()
         raise

@@ -115,6 +115,19 @@ def _check_image_output(name: str, shape: Sequence[Dim], h: int, w: int) -> None
         raise ModelError(f"output {name} has shape {dims}; expected [B, 1, H, W] or [B, H, W]")
 
 
+def verify_card(path: Path) -> None:
+    """The model file is the one its card describes (sha256), checked before any engine
+    parses it: a truncated or altered file is refused by its checksum, never handed to
+    ONNX Runtime's or TensorRT's parser.
+    """
+    cpath = card_path(path)
+    if cpath.exists():
+        try:
+            ModelCard.load(cpath).verify_file(path)
+        except ModelCardError as exc:
+            raise ModelError(f"{path.name}: {exc}") from exc
+
+
 def describe_model(path: Path, input_name: str, input_shape: Sequence[object],
                    outputs: Sequence[tuple[str, Sequence[object]]], default_pixel_m: float,
                    verify: bool = True, geometry: Geometry | None = None) -> ModelInfo:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ptychoflow.edge.infer.hotswap import HotSwapper, Served
 from ptychoflow.edge.input.framequeue import FrameQueue, QueueObserver
-from ptychoflow.edge.input.gaps import GapCounter
+from ptychoflow.edge.input.gaps import MAX_GAP, GapCounter
 from ptychoflow.edge.input.monitor import Incoming, InputMonitor
 from ptychoflow.edge.input.positions import PositionSource
 from ptychoflow.edge.messages import CLOSE, Every, ModelChanged, Position
@@ -159,6 +159,13 @@ class Intake:
                 return  # a server's placeholder value: detectors count frames from 1
             if not self.gaps.frame(f.unique_id, f.timestamp):
                 return  # the same frame again (a reconnect re-sends the current value)
+            if self.gaps.jumps:
+                a, b = self.gaps.jumps.pop()
+                self.gaps.jumps.clear()
+                if self._say():  # at most once a second, as bad frames
+                        self.message(f"uniqueId jumped from {a} to {b}: taken as a new numbering "
+                                 f"(a jump over {MAX_GAP} ids), not counted in "
+                                 f"{EDGE.missed.suffix}")
         else:  # it did not decode: it still takes its id (0 where that could not be read)
             self.gaps.frame(item.unique_id)
         self.accepted += 1

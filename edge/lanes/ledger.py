@@ -28,11 +28,15 @@ counted again. ``GapCounter`` does the same for one input.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ptychoflow.edge.input.gaps import MAX_GAP
+
 _UNBOUNDED = 1 << 62
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +48,7 @@ class _Scan:
     unknown: list[list[int]] = field(default_factory=list)
     # ids counted missed while a lane was not yet past them (settle_all): one may still come
     late: set[int] = field(default_factory=set)
+    jumps: int = 0  # new numberings passed over (see gaps.MAX_GAP)
 
     def _take_unread(self, u: int) -> bool:
         """Whether missing id ``u`` is one a lane took without reading it (used up once)."""
@@ -64,6 +69,13 @@ class _Scan:
             self.settled = min(self.seen) - 1
         missed = 0
         seen = self.seen
+        if upto - self.settled > MAX_GAP:  # a new numbering, not lost frames (gaps.MAX_GAP):
+            self.seen = {u for u in seen if u > upto}  # and never a walk over billions of ids
+            log.warning("uniqueId jumped from %d to %d: taken as a new numbering, not "
+                        "counted as missed", self.settled, upto)
+            self.settled, self.jumps = upto, self.jumps + 1
+            self.unknown = [sp for sp in self.unknown if sp[1] > upto + 1]
+            return 0
         for u in range(self.settled + 1, upto + 1):
             if u in seen:
                 seen.remove(u)

@@ -182,18 +182,22 @@ class Publisher:
             self.bad_here += len(b.frames)
             self.message(f"inference failed on {len(b.frames)} frame(s): {exc}")
             return False
-        n = len(b.frames)
+        keep = self._finite(b, phase, amp)
+        n = len(keep)
+        if not n:
+            return False
         # every image of the batch first, then the stitching: the posts reach pvxs's
         # sending thread back to back, so it wakes once and sends them as one run
         # (stitching between posts woke it, and the client behind it, for every frame)
-        for i, f in enumerate(b.frames):
+        for i in keep:
+            f = b.frames[i]
             self.server.post_image(EDGE.phase, phase[i], f.unique_id, f.timestamp)
             if amp is not None:
                 self.server.post_image(EDGE.amplitude, amp[i], f.unique_id, f.timestamp)
         stitched = False
         try:
-            for i, f in enumerate(b.frames):
-                pos = b.positions[i]
+            for i in keep:
+                f, pos = b.frames[i], b.positions[i]
                 if pos is not None and self.stitcher is not None \
                         and self._maybe_new_scan(f, b.lane):
                     try:
@@ -207,12 +211,28 @@ class Publisher:
                     self._bad(why)
         except StitchProcessError as exc:
             self._stitch_process_gone(exc)
-        self._last_pub = b.frames[-1]
+        self._last_pub = b.frames[keep[-1]]
         now = time.monotonic()
-        lat_window.extend(now - t for t in b.arrivals)
-        self.latencies.extend(now - t for t in b.arrivals)
+        lat_window.extend(now - b.arrivals[i] for i in keep)
+        self.latencies.extend(now - b.arrivals[i] for i in keep)
         self.processed += n
         return stitched
+
+    def _finite(self, b: Batch, phase: np.ndarray, amp: np.ndarray | None) -> list[int]:
+        """The frames whose prediction is finite; the others are bad frames.
+
+        A finite input can still make a network answer NaN or infinity (a division
+        inside it, an overflow): such an image would spoil the map where it lands and
+        every client's colour scale, so it is neither published nor placed.
+        """
+        n = len(b.frames)
+        ok = np.isfinite(phase.reshape(n, -1)).all(axis=1)
+        if amp is not None:
+            ok &= np.isfinite(amp.reshape(n, -1)).all(axis=1)
+        for i in np.flatnonzero(~ok):
+            self._bad(f"the model's prediction for frame {b.frames[i].unique_id} is not "
+                      "finite (NaN or infinity); not published, not placed on the map")
+        return [int(i) for i in np.flatnonzero(ok)]
 
     def _maybe_new_scan(self, f: Frame, lane: int) -> bool:
         """A new scan starts a new map (see ScanFollower); whether ``f`` goes on the map."""

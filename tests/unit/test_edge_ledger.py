@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from ptychoflow.edge.input.gaps import GapCounter
+import time
+
+import pytest
+
+from ptychoflow.edge.input.gaps import MAX_GAP, GapCounter
 from ptychoflow.edge.lanes.ledger import FrameLedger
+from ptychoflow.edge.service import split_inputs
 
 
 def _f(*uids: int, key: object = 1) -> list[tuple[int, object]]:
@@ -111,3 +116,28 @@ def test_one_input_counts_gaps_less_the_frames_whose_id_could_not_be_read() -> N
     lane.frame(1, 1.0)
     lane.frame(5, 5.0)
     assert lane.missed == 0
+
+
+def test_a_jump_in_numbering_is_not_counted_as_missed_and_settles_at_once() -> None:
+    gaps = GapCounter()
+    for uid in (1, 2, 2_000_000_000, 2_000_000_002):  # a garbled id, then a new numbering
+        gaps.frame(uid, float(uid))
+    assert gaps.missed == 1 and gaps.jumps == [(2, 2_000_000_000)]
+    gaps.frame(2 + MAX_GAP + 2, 1.0)  # back, then a gap of exactly MAX_GAP: lost frames
+    gaps.frame(2 + 2 * MAX_GAP + 3, 2.0)
+    assert gaps.missed == 1 + MAX_GAP
+    led = FrameLedger(2)
+    t0 = time.perf_counter()
+    led.account(0, _f(1, 3, 2_000_000_000))  # one lane's garbled id: not billions of ids
+    led.account(1, _f(2, 4, 2_000_000_001))  # walked, nor billions of them counted
+    led.settle_all()
+    assert time.perf_counter() - t0 < 1.0
+    assert led.missed == 0
+
+
+def test_input_names_too_long_or_with_control_characters_are_refused() -> None:
+    with pytest.raises(ValueError, match="not a PV name"):
+        split_inputs("x" * 100_000)
+    with pytest.raises(ValueError, match="not a PV name"):
+        split_inputs("P:Pva1:Image P:\x01Image")
+    assert split_inputs("P:Pva1:Image\nP:Pva2:Image") == ["P:Pva1:Image", "P:Pva2:Image"]
