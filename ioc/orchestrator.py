@@ -30,7 +30,7 @@ from ptychoflow.ioc.qualitygate import QualityGate
 from ptychoflow.ioc.recovery import no_space, run_dir
 from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.report import ReportWriter
-from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue, until
+from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue, merged, until
 from ptychoflow.ioc.settings import IocSettings, load_stage
 from ptychoflow.ioc.sitecheck import check_site, refusal
 from ptychoflow.ioc.stagerun import StageRunner
@@ -183,27 +183,16 @@ class Orchestrator:
                 self._drain(run)
 
     def _drain(self, run: ActiveRun) -> None:
-        """Post what the stage reported since the last read, as one update.
-
-        A solver reports every epoch; what a screen needs is the latest of each figure.
-        Posting each report would send every one of them to every monitoring client
-        (100 clients x 10 PVs at ten epochs a second slowed the IOC's answer to a put
-        from 10 to 57 ms p99, ``benchmarks/ioc_run_load.py``), so the reports read
-        together are merged, the later superseding the earlier.
-        """
+        """Post what the stage reported since the last read, as one update (see merged)."""
         with run.lock:
             items = run.tail.read() if run.tail is not None else []
-        merged: dict[str, Any] = {}
-        for item in items:
-            if "pid" in item and "host" in item:  # the worker announcing itself
-                run.worker = (str(item["host"]), int(item["pid"]))
-            elif isinstance(item, dict):
-                merged.update(item)
-        if merged:
+        worker, report = merged(items)
+        run.worker = worker or run.worker
+        if report:
             try:
-                self._progress(run, merged)
+                self._progress(run, report)
             except Exception:  # a bad progress record must not stop the pump
-                log.exception("progress record %r", merged)
+                log.exception("progress record %r", report)
 
     def close(self) -> None:
         """Stop the progress pump."""

@@ -28,6 +28,24 @@ class CallbackQueue:
         self.callback(item)
 
 
+def merged(items: list[Any]) -> tuple[tuple[str, int] | None, dict[str, Any]]:
+    """A stage's reports read together: (the worker that announced itself, the latest of
+    each figure, the later superseding the earlier).
+
+    A solver reports every epoch; a screen needs the latest of each figure. Posting every
+    report sends each to every monitoring client: 100 clients watching 10 PVs at ten
+    epochs a second slowed the IOC's answer to a put (``benchmarks/ioc_run_load.py``).
+    """
+    worker: tuple[str, int] | None = None
+    out: dict[str, Any] = {}
+    for item in items:
+        if "pid" in item and "host" in item:  # the worker announcing itself
+            worker = (str(item["host"]), int(item["pid"]))
+        else:
+            out.update(item)
+    return worker, out
+
+
 @dataclass
 class ActiveRun:
     """Everything the orchestrator holds about one run while it is active."""
