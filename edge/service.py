@@ -27,7 +27,7 @@ from ptychoflow.edge.messages import FrameSource, ModelNote, QueueItem
 from ptychoflow.edge.output.publisher import Publisher
 from ptychoflow.edge.output.pvaserver import EdgeServer, WriteGuard
 from ptychoflow.edge.settings import EdgeSettings
-from ptychoflow.pvnames import EDGE
+from ptychoflow.pvnames import DETECTOR, EDGE
 
 MAX_PV_NAME = 255  # longer than any beamline's PV names; a 100 kB put is a mistake
 
@@ -42,7 +42,7 @@ def split_inputs(text: str) -> list[str]:
         if len(name) > MAX_PV_NAME or not name.isprintable():
             raise ValueError(f"{EDGE.input.suffix}: {name[:40]!r}... is not a PV name (over "
                              f"{MAX_PV_NAME} characters or control characters); put the "
-                             "detector's image PV, e.g. 13SIM1:Pva1:Image")
+                             f"detector's image PV, e.g. {DETECTOR.pva1_image.name('13SIM1:')}")
     return names
 
 
