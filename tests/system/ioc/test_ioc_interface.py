@@ -27,16 +27,34 @@ def parse_db(text: str) -> dict[str, tuple[str, dict[str, str]]]:
     return records
 
 
+def _searched(op: Any) -> Any:
+    """``op()``, tried once more if the CA name search went unanswered.
+
+    caproto's sync client opens a fresh UDP socket for every call; once in a few
+    thousand calls on this machine its search got no answer for 5 s (seen once in a full
+    run, never alone). What these tests check is the put's outcome, not the search.
+    """
+    from caproto import CaprotoTimeoutError
+
+    try:
+        return op()
+    except CaprotoTimeoutError as exc:
+        if "search" not in str(exc):
+            raise
+        return op()
+
+
 def ca_read(ioc: Any, name: str) -> Any:
     from caproto.sync.client import read
 
-    return read(ioc.pv(name), repeater=False, timeout=5)
+    return _searched(lambda: read(ioc.pv(name), repeater=False, timeout=5))
 
 
 def ca_write(ioc: Any, name: str, value: Any) -> Any:
     from caproto.sync.client import write
 
-    return write(ioc.pv(name), value, notify=True, repeater=False, timeout=5)
+    return _searched(lambda: write(ioc.pv(name), value, notify=True, repeater=False,
+                                   timeout=5))
 
 
 def test_served_record_fields_equal_the_database_file(shared_ioc):
