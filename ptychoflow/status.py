@@ -11,7 +11,7 @@ from :mod:`ptychoflow.pvnames`; a PV that does not answer shows as
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
 import threading
 import time
@@ -283,31 +283,15 @@ def run(args: argparse.Namespace) -> int:
             values = watcher.values()
             out.print(render(values, s.prefix, s.edge_prefix))
             return 0 if any(v is not None for v in values.values()) else 1
+        # Ctrl-C ends the view even where SIGINT came ignored (a shell's background job)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         _follow(watcher, out, s)
     except KeyboardInterrupt:
         pass
     finally:
         if watcher is not None:
-            _close_within(watcher, CLOSE_S)
+            watcher.close()
     return 0
-
-
-CLOSE_S = 5.0
-
-
-def _close_within(watcher: Watcher, seconds: float) -> None:
-    """Close the client, but let Ctrl-C end the view within ``seconds`` whatever happens.
-
-    Closing the pvAccess client waits for its channels; one to a server that has gone
-    (the edge stopped) has been seen to hold it past 15 s. An operator's Ctrl-C must not
-    hang the terminal: past the limit the process leaves at once, with status 0.
-    """
-    closer = threading.Thread(target=watcher.close, name="close", daemon=True)
-    closer.start()
-    closer.join(seconds)
-    if closer.is_alive():
-        sys.stdout.flush()
-        os._exit(0)
 
 
 def _follow(watcher: Watcher, out: Console, s: StatusSettings) -> None:
