@@ -193,11 +193,8 @@ def malformed_fields(draw: st.DrawFn, corrupt: bool = False,
 
 
 def ntndarray(fields: dict[str, Any]) -> Value:
-    """The fields as a value of the NTNDArray type (what any NTNDArray PV carries), every
-    field marked changed: posted, it replaces the whole value, as a detector's frame does.
-    (A field left unmarked, such as an emptied ``value``, would keep the previous frame's
-    content at the client.)
-    """
+    """The fields as an NTNDArray value, every field marked changed: posted, it replaces the
+    whole value as a detector's frame does (an unmarked, emptied ``value`` would not)."""
     v = Value(_TYPE, fields)
     v.mark()
     return v
