@@ -78,7 +78,22 @@ def resumed(checks: dict[str, Callable[[], bool]], timeout: float) -> dict[str, 
     return took
 
 
+@pytest.fixture
+def fresh_async_client() -> Iterator[None]:
+    """ophyd-async's one pvAccess client for the process, made anew for this test: the one
+    earlier tests used still holds channels to their stopped IOCs, and searching for those
+    has kept it from resuming ours within a minute."""
+    from ophyd_async.epics.core import _p4p
+    from p4p.client.asyncio import Context
+
+    saved, _p4p._context = _p4p._context, Context("pva", nt=False)
+    yield
+    _p4p._context.close()
+    _p4p._context = saved
+
+
 @pytest.mark.parametrize("how", ["stop", "kill9"])
+@pytest.mark.usefixtures("fresh_async_client")
 def test_old_clients_resume_against_the_restarted_ioc_without_being_recreated(iocs, RE, pva, how):
     import bluesky.plan_stubs as bps
     from ophyd_async.core import init_devices
