@@ -52,6 +52,7 @@ class ModelNote:
     path: str
     pixel_size_m: float
     where: str
+    check: str = ""  # the physics check: on (every k-th frame) or why it is off
 
     @property
     def name(self) -> str:

@@ -108,7 +108,8 @@ class EdgeService:
 
     def _say_start(self, start: Start, model: ModelNote | None) -> None:
         if model is not None:
-            self.message(start_message(start, model, self.settings))
+            self.message(start_message(start, model, self.settings)
+                         + (f"; {model.check}" if model.check else ""))
         else:
             self.message(f"no model yet: put a model-vN.onnx under {self.model_dir} "
                          f"to {EDGE.model_load.suffix}"

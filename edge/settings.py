@@ -89,6 +89,12 @@ class EdgeSettings:
                                 "ptychoflow's conventions, e.g. 'transpose flip_rows x_sign=-1 "
                                 "position_unit=um'; a model's card that records one wins, and "
                                 "must agree (docs/files.md)")
+    check_every: int = setting(10, "physics check: the prediction of every frame whose "
+                                   "uniqueId is a multiple of this is compared with the frame "
+                                   f"through the card's probe ({EDGE.phase.suffix} "
+                                   "attribute Consistency, running value in "
+                                   f"{EDGE.consistency.suffix}); 0: off (docs/edge.md, "
+                                   "Physics check)")
     pixel_size_m: float = setting(0.0, "real-space pixel of the network output, for models "
                                        "without a card (metres)")
     scan_id_attribute: str = setting("ScanId", "frame attribute whose change starts a new map")
@@ -133,6 +139,8 @@ class EdgeSettings:
                     isinstance(n, str) and n and not any(c.isspace() for c in n) for n in names):
                 raise ValueError(f"{key} must be a list of names without spaces, e.g. "
                                  f'{key} = ["operator"], got {names!r}')
+        if self.check_every < 0:
+            raise ValueError(f"check_every must be 0 (off) or more, got {self.check_every}")
         if self.pixel_size_m < 0:
             raise ValueError(f"pixel_size_m must be >= 0, got {self.pixel_size_m}")
         if self.scheduling not in POLICIES:

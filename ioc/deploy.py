@@ -18,7 +18,8 @@ from ptychoflow.ioc.registry import Registry
 from ptychoflow.ioc.runstate import ActiveRun, CallbackQueue
 from ptychoflow.ioc.settings import IocSettings
 from ptychoflow.ioc.transfer import Transfer
-from ptychoflow.modelcard import sha256_file, version_of
+from ptychoflow.modelcard import card_path, sha256_file, version_of
+from ptychoflow.physcheck import CARD_METRIC, probe_path
 from ptychoflow.pvnames import CONTROL, EDGE
 from ptychoflow.stages import Reporter
 
@@ -135,10 +136,32 @@ class ModelKeeper:
         self.sink.post({CONTROL.model_deployed.suffix: version})
         return f", model v{version} deployed ({why})"
 
+    async def redeploy(self, version: int, transfer: Transfer, work: Path) -> None:
+        """``Model:Deploy``: send a registered version (model, card, probe) and load it."""
+        model = self.registry.model(version)
+        assert model is not None
+        loop = asyncio.get_running_loop()
+        shared = transfer.compute_work == str(work)  # the card can be looked for here
+        files = [model["path"]] + [
+            f for f in (str(card_path(model["path"])), str(probe_path(model["path"])))
+            if (Path(f).is_file() if shared else
+                f.endswith(".json") or _figure(model, CARD_METRIC) is not None)]
+        try:
+            moved = await loop.run_in_executor(None, transfer.model_to_edge, files,
+                                               Reporter("export"))
+            await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
+                                       moved[0].path)
+            self.registry.mark_deployed(version, CONTROL.model_deploy.suffix)
+            self.sink.post({CONTROL.model_deployed.suffix: version})
+            self.sink.message(f"Model v{version} deployed to {self.settings.edge_prefix}")
+        except Exception as exc:
+            self.sink.message(str(exc))
+
     async def _to_edge(self, run: ActiveRun, model: str, result: dict[str, Any],
                        transfer: Transfer) -> str:
         """Send the model and its card to the edge; the model's path as the edge opens it."""
-        files = [model] + ([str(result["card"])] if result.get("card") else [])
+        # the probe beside it: the edge's physics check (also for the int8 copy)
+        files = [model] + [str(result[k]) for k in ("card", "probe") if result.get(k)]
         if self.settings.int8_models and result.get("int8_model"):
             files.append(str(result["int8_model"]))
         run.reporter = Reporter("export", CallbackQueue(lambda i: self._progress(run, i)),

@@ -64,6 +64,10 @@ class WorkflowDevice(Device):
     model_quality_target = Cpt(EpicsSignal, CONTROL.model_quality_target.suffix,
                                put_complete=True, kind=Kind.config)
     model_target_met = Cpt(EpicsSignalRO, CONTROL.model_target_met.suffix)
+    model_consistency_factor = Cpt(EpicsSignal, CONTROL.model_consistency_factor.suffix,
+                                   put_complete=True, kind=Kind.config)
+    model_consistency_hold = Cpt(EpicsSignal, CONTROL.model_consistency_hold.suffix,
+                                 put_complete=True, kind=Kind.config)
 
 
 def workflow_device(prefix: str, name: str = "workflow", **kwargs: Any) -> Device:

@@ -128,6 +128,9 @@ class WorkflowAsync(EpicsDevice):
     model_deployed: A[SignalR[int], PvSuffix(CONTROL.model_deployed.suffix)]
     model_quality_target: A[SignalRW[float], PvSuffix(CONTROL.model_quality_target.suffix)]
     model_target_met: A[SignalR[ModelTargetMet], PvSuffix(CONTROL.model_target_met.suffix)]
+    model_consistency_factor: A[SignalRW[float],
+                                PvSuffix(CONTROL.model_consistency_factor.suffix)]
+    model_consistency_hold: A[SignalRW[float], PvSuffix(CONTROL.model_consistency_hold.suffix)]
 
     def __init__(self, prefix: str, name: str = "") -> None:
         super().__init__(prefix=f"pva://{prefix}", name=name)

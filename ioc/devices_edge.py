@@ -107,6 +107,7 @@ class EdgeDetector(EpicsDevice, StandardReadable):
     dropped: A[SignalR[int], PvSuffix(EDGE.dropped.suffix)]
     bad_frames: A[SignalR[int], PvSuffix(EDGE.bad_frames.suffix)]
     unplaced: A[SignalR[int], PvSuffix(EDGE.unplaced.suffix)]
+    consistency: A[SignalR[float], PvSuffix(EDGE.consistency.suffix)]
     message: A[SignalR[str], PvSuffix(EDGE.message.suffix)]
 
     def __init__(self, prefix: str, name: str = "", context: PvaGetter | None = None) -> None:

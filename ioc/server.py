@@ -13,14 +13,14 @@ import concurrent.futures
 import logging
 import sys
 import threading
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from ptychoflow.geometry import Geometry
 from ptychoflow.ioc import access
 from ptychoflow.ioc.autosave import Autosave, AutosaveError
 from ptychoflow.ioc.compute import COMPUTES, Compute, table_of
-from ptychoflow.ioc.deploy import deploy_to_edge
+from ptychoflow.ioc.edgeconsistency import DriftWatch
 from ptychoflow.ioc.edgerecorder import SAMPLES_FILE, EdgeRecorder
 from ptychoflow.ioc.flowrun import FlowRunner
 from ptychoflow.ioc.orchestrator import Orchestrator
@@ -43,7 +43,6 @@ from ptychoflow.pvnames import (
     TRANSFER_BACKENDS,
     PVSpec,
 )
-from ptychoflow.stages import Reporter
 
 log = logging.getLogger("ptychoflow.ioc")
 
@@ -80,6 +79,10 @@ class ControlIoc:
         # the edge's speed, sampled for the run reports (only where there is an edge)
         self.edge_samples = (EdgeRecorder(settings.edge_prefix, self.work / SAMPLES_FILE)
                              if settings.edge_prefix else None)
+        # the edge's physics check: Auto retrains when its misfit drifts (ioc/consistency.py)
+        self.drift = (DriftWatch(settings.edge_prefix, self.registry, self.rec,
+                                 self.watcher.newest, self._retrain, self.message)
+                      if settings.edge_prefix else None)
         self.reports = ReportWriter(self.registry, self,
                                     self.edge_samples.log if self.edge_samples else None,
                                     self.edge_samples.flush if self.edge_samples else None)
@@ -223,24 +226,9 @@ class ControlIoc:
     async def _on_deploy(self, value: int) -> None:
         if value == 0:
             return
-        model = self.registry.model(int(value))
-        assert model is not None
-        loop = asyncio.get_running_loop()
         # the model (and its card) go to the edge the way new models do: the transfer back end
         transfer = self.transfers[TRANSFER_BACKENDS[self.rec(CONTROL.transfer_backend).get()]]
-        card = str(PurePosixPath(model["path"]).with_suffix(".json"))
-        shared = transfer.compute_work == str(self.work)  # the card can be looked for here
-        files = [model["path"]] + ([card] if not shared or Path(card).is_file() else [])
-        try:
-            moved = await loop.run_in_executor(None, transfer.model_to_edge, files,
-                                               Reporter("export"))
-            await loop.run_in_executor(None, deploy_to_edge, self.settings.edge_prefix,
-                                       moved[0].path)
-            self.registry.mark_deployed(int(value), CONTROL.model_deploy.suffix)
-            self.post({CONTROL.model_deployed.suffix: int(value)})
-            self.message(f"Model v{value} deployed to {self.settings.edge_prefix}")
-        except Exception as exc:
-            self.message(str(exc))
+        await self.orch.keeper.redeploy(int(value), transfer, self.work)
         self.rec(CONTROL.model_deploy).set(0)
 
     def _saver(self, suffix: str) -> Any:
@@ -283,6 +271,14 @@ class ControlIoc:
             self.rec(CONTROL.scan_path).set(str(nxt))
             self.orch.launch(nxt, self._params())
 
+    def _retrain(self, scan: Path, reason: str) -> bool:
+        """Auto, on the edge's drift: a run on ``scan`` even if the quality gate is closed."""
+        if not self.orch.admit(COMPUTE_BACKENDS[self.rec(CONTROL.compute_backend).get()]):
+            return False
+        self.rec(CONTROL.scan_path).set(str(scan))
+        self.orch.launch(scan, {**self._params(), "retrain_reason": reason})
+        return True
+
     # -- life cycle -----------------------------------------------------------------------
     def _initial(self) -> dict[str, Any]:
         values: dict[str, Any] = dict(self.autosave.restore())
@@ -322,6 +318,8 @@ class ControlIoc:
                 self.edge_samples.start()
             except Exception as exc:  # reports then lack the edge figure; the IOC serves on
                 self.message(f"Not recording the edge's speed for reports: {exc}")
+        if self.drift is not None:
+            self.drift.start(self.loop)
         if self.rec(CONTROL.workflow_auto).get():
             self.watcher.snapshot()
         self._auto_task = asyncio.run_coroutine_threadsafe(self._auto_loop(), self.loop)
@@ -358,6 +356,8 @@ class ControlIoc:
         self.reports.close()
         if self.edge_samples is not None:
             self.edge_samples.close()
+        if self.drift is not None:
+            self.drift.close()
         self.flows.close()
         for backend in [*self.computes.values(), *self.transfers.values()]:
             try:

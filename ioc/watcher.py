@@ -42,6 +42,11 @@ class ScanWatcher:
             return []
         return [p for _, _, p in sorted(found)]
 
+    def newest(self) -> Path | None:
+        """The most recently completed scan file (the current scan), or ``None``."""
+        complete = self._complete()
+        return complete[-1] if complete else None
+
     def snapshot(self) -> None:
         """Treat every file present now as already seen (called when Auto turns on)."""
         self._seen = set(self._complete())

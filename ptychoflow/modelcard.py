@@ -92,6 +92,10 @@ class ModelCard:
     # how the beamline's frames and positions map onto ptychoflow's conventions, as the
     # training scans were read (ptychoflow.geometry); the edge applies the same
     geometry: dict[str, Any] = field(default_factory=dict)
+    # the probe of the reconstruction the network was trained on, in a file beside the
+    # model (ptychoflow.physcheck: file, sha256, pixel_size_m); the edge's physics check
+    # forms the intensity each prediction implies with it
+    probe: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -124,6 +128,7 @@ class ModelCard:
                 # checked here: a card with a geometry no edge could apply is refused
                 geometry=Geometry.from_dict(d["geometry"]).to_dict() if d.get("geometry")
                 else {},
+                probe=dict(d.get("probe") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelCardError(f"model card is incomplete or malformed: {exc!r}") from exc

@@ -134,6 +134,13 @@ class ControlPVs(NamedTuple):
                                           low=0, high=1, autosave=True, prec=3)
     model_target_met: PVSpec = PVSpec("Model:TargetMet_RBV", "bi", "R",
                                       "Quality target met: Auto paused", enums=("No", "Yes"))
+    model_consistency_factor: PVSpec = PVSpec(
+        "Model:ConsistencyFactor", "ao", "W",
+        "Retrain when edge misfit exceeds card value times this (0: off)", initial=2.0, low=0,
+        high=100, autosave=True, prec=2)
+    model_consistency_hold: PVSpec = PVSpec(
+        "Model:ConsistencyHold", "ao", "W", "Seconds the misfit must stay high to retrain",
+        egu="s", initial=30.0, low=0, high=86400, autosave=True, prec=1)
 
 
 class EdgePVs(NamedTuple):
@@ -166,6 +173,9 @@ class EdgePVs(NamedTuple):
                                 "Frames refused as invalid")
     unplaced: PVSpec = PVSpec("Edge:Unplaced_RBV", "NTScalar:l", "R",
                               "Frames published but left off the map (no position)")
+    consistency: PVSpec = PVSpec("Edge:Consistency_RBV", "NTScalar:d", "R",
+                                 "Physics check: running misfit of predictions to frames",
+                                 prec=4)
     message: PVSpec = PVSpec("Edge:Message_RBV", "NTScalar:s", "R", "Last status or error",
                              initial="")
 

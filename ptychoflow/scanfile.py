@@ -29,6 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ptychoflow.chunks import ChunkPolicy, ChunkWriter
 from ptychoflow.formats import read_any
 from ptychoflow.formats._siemens import read_siemens_star
 from ptychoflow.scan import PART_SUFFIX, PLANCK_EV_M, Scan, ScanFileError
@@ -66,7 +67,8 @@ class ScanWriter:
                  dtype: np.dtype | type, *, energy_ev: float, distance_m: float,
                  pixel_size_m: float, probe: np.ndarray | None = None,
                  truth: np.ndarray | None = None, truth_pixel_size_m: float | None = None,
-                 metadata: dict[str, Any] | None = None, expected_frames: int = 0) -> None:
+                 metadata: dict[str, Any] | None = None, expected_frames: int = 0,
+                 chunks: ChunkPolicy | None = None) -> None:
         self.path = final_path(path)
         if self.path.suffix != ".h5":
             raise ScanFileError(self.path, "scan files must end in .h5")
@@ -105,6 +107,12 @@ class ScanWriter:
         self._n = 0
         if expected_frames:
             self._data.resize(expected_frames, axis=0)
+        self._chunks: ChunkWriter | None = None
+        if chunks is not None and chunks.on:  # streaming: chunk files beside (ptychoflow.chunks)
+            self._chunks = ChunkWriter(self.path, Scan(
+                np.empty((0, *frame_shape), dtype), np.empty((0, 2)), energy_ev, distance_m,
+                pixel_size_m, probe, truth, truth_pixel_size_m, dict(metadata or {})),
+                chunks, expected_frames)
 
     @property
     def frames_written(self) -> int:
@@ -119,6 +127,8 @@ class ScanWriter:
         self._y.append(float(y_m))
         self._x.append(float(x_m))
         self._n += 1
+        if self._chunks is not None:
+            self._chunks.add(np.asarray(frame)[None], np.array([[y_m, x_m]], np.float64))
 
     def append_block(self, frames: np.ndarray, positions: np.ndarray) -> None:
         """Append several frames with their (y, x) positions in one HDF5 write."""
@@ -131,9 +141,13 @@ class ScanWriter:
         self._y.extend(positions[:, 0].tolist())
         self._x.extend(positions[:, 1].tolist())
         self._n += n
+        if self._chunks is not None:
+            self._chunks.add(frames, positions)
 
     def close(self) -> Path:
         """Finish the file and make it visible under its final name."""
+        if self._chunks is not None:
+            self._chunks.close()
         self._data.resize(self._n, axis=0)
         pos = self._f["entry/instrument"].create_group("positions")
         for name, values in (("x", self._x), ("y", self._y)):
@@ -145,6 +159,9 @@ class ScanWriter:
 
     def discard(self) -> None:
         """Drop an unfinished file: nothing half-written stays behind."""
+        if self._chunks is not None:
+            self._chunks.discard("the acquisition was stopped before any frame or failed; "
+                                 "its scan file was removed")
         try:
             self._f.close()
         finally:

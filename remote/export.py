@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.modelcard import ModelCard, TensorSpec, card_path, model_file, sha256_file
+from ptychoflow.physcheck import probe_path, save_probe
 from ptychoflow.remote._files import atomic_path
 from ptychoflow.remote.ptychonn import Checkpoint, PtychoNN
 
@@ -123,8 +124,13 @@ def export_checkpoint(ckpt: Checkpoint, model_dir: str | os.PathLike[str],
                       parity_frames: np.ndarray, version: int | None = None,
                       metrics: dict[str, Any] | None = None,
                       training: dict[str, Any] | None = None,
-                      build_tensorrt: bool = True) -> dict[str, Any]:
-    """Write ``model-vN.onnx`` and ``model-vN.json`` (each atomically, the card first)."""
+                      build_tensorrt: bool = True,
+                      probe: tuple[np.ndarray, float] | None = None) -> dict[str, Any]:
+    """Write ``model-vN.onnx`` and ``model-vN.json`` (each atomically, the card first).
+
+    ``probe``: (probe, pixel in metres) of the training reconstruction, written as
+    ``model-vN-probe.npy`` before the card that names it (the edge's physics check).
+    """
     folder = Path(model_dir)
     folder.mkdir(parents=True, exist_ok=True)
     n = int(version) if version is not None else next_version(folder)
@@ -138,13 +144,16 @@ def export_checkpoint(ckpt: Checkpoint, model_dir: str | os.PathLike[str],
     cpath = card_path(onnx_path)
     try:
         digest, diff = _write_model(ckpt, model, onnx_path, cpath, n, parity_frames, metrics,
-                                    training)
+                                    training, probe)
     except BaseException:
         if not onnx_path.exists():  # the model never arrived: take back an orphan card
             cpath.unlink(missing_ok=True)
+            probe_path(onnx_path).unlink(missing_ok=True)
         raise
     result: dict[str, Any] = {"model": str(onnx_path), "card": str(card_path(onnx_path)),
                               "version": n, "sha256": digest, "parity_max_abs_diff": diff}
+    if probe is not None:
+        result["probe"] = str(probe_path(onnx_path))
     if build_tensorrt:
         result.update(tensorrt_engine(onnx_path))
     return result
@@ -152,7 +161,8 @@ def export_checkpoint(ckpt: Checkpoint, model_dir: str | os.PathLike[str],
 
 def _write_model(ckpt: Checkpoint, model: PtychoNN, onnx_path: Path, cpath: Path, n: int,
                  parity_frames: np.ndarray, metrics: dict[str, Any] | None,
-                 training: dict[str, Any] | None) -> tuple[str, float]:
+                 training: dict[str, Any] | None,
+                 probe: tuple[np.ndarray, float] | None = None) -> tuple[str, float]:
     """Export, check, write the card, then rename the ONNX in; returns (sha256, parity)."""
     from ptychoflow.preprocess import Preprocess
 
@@ -167,6 +177,7 @@ def _write_model(ckpt: Checkpoint, model: PtychoNN, onnx_path: Path, cpath: Path
         finally:
             tmp.unlink(missing_ok=True)
         digest = sha256_file(tmp_onnx)
+        probe_entry = save_probe(probe_path(onnx_path), *probe) if probe is not None else {}
         card = ModelCard(
             version=n, model_file=onnx_path.name, sha256=digest,
             input=TensorSpec(INPUT_NAME, [-1, 1, s, s]),
@@ -185,6 +196,7 @@ def _write_model(ckpt: Checkpoint, model: PtychoNN, onnx_path: Path, cpath: Path
                         # why the graph's layers are not the checkpoint's, one for one
                         "graph": "upsampling folded into the next convolution "
                                  "(ptychoflow.remote.subpixel)"},
+            probe=probe_entry,
         )
         # card first: until the ONNX is renamed in, there is no model to load without one
         card.save(cpath)

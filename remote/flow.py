@@ -134,7 +134,7 @@ def flow_stage(stages: list[str], scan_path: str, workdir: str, params: dict[str
         merged.update(result)
         out.update(result)
     if paths is not None and out.get("model"):
-        files = [out["model"]] + [out[k] for k in ("card",) if out.get(k)]
+        files = [out["model"]] + [out[k] for k in ("card", "probe") if out.get(k)]
         out["to_edge"] = edge_items(files, paths)
     return out
 

@@ -14,15 +14,13 @@ Training pairs and quality metrics rely on exactly this convention.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -184,119 +182,29 @@ class Solver(Protocol):
             Reconstruction: ...
 
 
-@contextlib.contextmanager
-def _torch_state() -> Iterator[None]:
-    """pty-chi sets torch's global default device and dtype; put them back afterwards."""
-    import torch
-
-    device, dtype = torch.get_default_device(), torch.get_default_dtype()
-    det = torch.are_deterministic_algorithms_enabled()
-    try:
-        yield
-    finally:
-        torch.set_default_device(device)
-        torch.set_default_dtype(dtype)
-        torch.use_deterministic_algorithms(det)
-
-
 class PtychiSolver:
     """pty-chi: rPIE/ePIE/LSQML/DM on CPU or GPU."""
 
     def run(self, scan: Scan, settings: ReconSettings, progress: Progress | None) -> \
             Reconstruction:
         """Reconstruct one epoch at a time, reporting the data error after each."""
-        import ptychi.api as api
-        import torch
-        from ptychi.api.task import PtychographyTask
-
-        s = settings
-        pos = scan.positions_px()
-        shape = object_shape_for(pos, scan.frame_shape, s.margin_px, s.object_size,
-                                 str(scan.metadata.get("path", "<scan>")))
-        options_cls = {"rPIE": api.RPIEOptions, "ePIE": api.EPIEOptions,
-                       "LSQML": api.LSQMLOptions, "DM": api.DMOptions}[s.algorithm]
-        o = options_cls()
-        # Frames are centred (zero frequency in the middle); pty-chi's far-field model
-        # puts zero frequency at the corner, and fft_shift=True shifts the data to match.
-        o.data_options.data = scan.data.astype(np.float32, copy=False)
-        o.data_options.fft_shift = True
-        o.data_options.wavelength_m = scan.wavelength_m
-        o.object_options.initial_guess = np.ones((1, *shape), np.complex64)
-        o.object_options.pixel_size_m = scan.object_pixel_size_m
-        o.probe_options.initial_guess = initial_probe(scan)[None, None]
-        o.probe_options.optimizable = s.probe_update
-        o.probe_options.optimization_plan.start = s.probe_update_start
-        if s.step_size is not None:
-            o.object_options.step_size = s.step_size
-            o.probe_options.step_size = s.step_size
-        if s.alpha is not None and hasattr(o.object_options, "alpha"):
-            o.object_options.alpha = s.alpha
-            o.probe_options.alpha = s.alpha
-        o.probe_position_options.optimizable = False
-        ro = o.reconstructor_options
-        ro.num_epochs = s.epochs
-        batch = s.batch_size or auto_batch_size(pos, o.probe_options.initial_guess[0, 0])
-        ro.batch_size = min(batch, scan.n_frames)
-        ro.random_seed = s.seed
-        ro.batching_mode = api.BatchingModes.UNIFORM
-        ro.allow_nondeterministic_algorithms = False
-        use_gpu = s.device in ("gpu", "cuda") or (s.device == "auto" and
-                                                  torch.cuda.is_available())
-        if use_gpu and not torch.cuda.is_available():
-            raise ReconstructionError("device=gpu was asked for but torch sees no CUDA GPU; "
-                                      "set device to cpu or auto")
-        ro.default_device = api.Devices.GPU if use_gpu else api.Devices.CPU
-        if s.algorithm == "DM" and hasattr(ro, "chunk_length"):
-            ro.chunk_length = min(100, scan.n_frames)
+        from ptychoflow.remote.ptychi_task import (
+            ptychi_task,
+            quiet_ptychi,
+            run_epoch,
+            task_result,
+            torch_state,
+        )
 
         errors: list[float] = []
         t0 = time.perf_counter()
-        with _torch_state(), _quiet_ptychi():
-            task = PtychographyTask(o, probe_position_y_px=pos[:, 0],
-                                    probe_position_x_px=pos[:, 1])
-            solver: Any = task.reconstructor
-            solver.pbar.disable = True
-            for epoch in range(s.epochs):
-                task.run(1)
-                err = float(solver.loss_tracker.table.iloc[-1].loss)
-                obj = task.get_data("object")
-                if not math.isfinite(err) or not bool(torch.isfinite(obj).all()):
-                    raise ReconstructionError(
-                        f"{s.algorithm} diverged at epoch {epoch + 1}: the data error is {err} "
-                        "and the object holds NaN/inf; lower batch_size, step_size or alpha, "
-                        "or check the frames' geometry (energy, distance, pixel size)")
-                if errors and err > 1e4 * min(errors):
-                    raise ReconstructionError(
-                        f"{s.algorithm} diverged at epoch {epoch + 1}: the data error grew from "
-                        f"{min(errors):.3g} to {err:.3g}; lower batch_size, step_size or alpha")
-                errors.append(err)
+        with torch_state(), quiet_ptychi():
+            task = ptychi_task(scan, settings)
+            for epoch in range(settings.epochs):
+                err = run_epoch(task, settings, errors)
                 if progress is not None:
-                    progress((epoch + 1) / s.epochs, epoch=epoch + 1, error=err)
-            obj_np = task.get_data_to_cpu("object", as_numpy=True)[0]
-            probe_np = task.get_data_to_cpu("probe", as_numpy=True)[0, 0]
-            pos_out = np.stack([task.get_probe_positions_y(as_numpy=True),
-                                task.get_probe_positions_x(as_numpy=True)], axis=1)
-        return Reconstruction(
-            object=np.asarray(obj_np, np.complex64), probe=np.asarray(probe_np, np.complex64),
-            positions_px=np.asarray(pos_out, np.float64), pixel_size_m=scan.object_pixel_size_m,
-            errors=errors, settings={**asdict(s), "batch_size_used": int(ro.batch_size)},
-            seconds=time.perf_counter() - t0)
-
-
-@contextlib.contextmanager
-def _quiet_ptychi() -> Iterator[None]:
-    """pty-chi logs a line per epoch at INFO; the stage reports progress itself."""
-    lg = logging.getLogger("ptychi")
-    old = lg.level
-    lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            # pty-chi reads its loss with float(tensor) inside autograd: harmless, noisy
-            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad",
-                                    category=UserWarning)
-            yield
-    finally:
-        lg.setLevel(old)
+                    progress((epoch + 1) / settings.epochs, epoch=epoch + 1, error=err)
+            return task_result(task, scan, settings, errors, time.perf_counter() - t0)
 
 
 class TikeSolver:

@@ -70,10 +70,19 @@ def reconstruct(scan_path: str, workdir: str, params: Params,
         settings = ReconSettings.from_params(params)
     except (TypeError, ValueError) as exc:
         raise StageError(f"reconstruction parameters: {exc}") from exc
-    scan = _read(path, params)
-    rec = reconstruct_scan(scan, settings, progress)
+    streaming: dict[str, Any] = {}
+    if params.get("stream_dir"):  # the scan is still arriving in chunks: follow them
+        from ptychoflow.remote.streaming import reconstruct_chunks
+
+        geometry = Geometry.from_dict(params.get("geometry"))
+        rec, scan, path = reconstruct_chunks(params, workdir, settings, progress, geometry.scan)
+        streaming = {"path": str(path), "scan_path": str(path), "streaming": True,
+                     "stream_final_seconds": rec.settings["final_seconds"]}
+    else:
+        scan = _read(path, params)
+        rec = reconstruct_scan(scan, settings, progress)
     out = write_reconstruction(Path(workdir) / f"{_stem(path)}-recon.h5", rec)
-    result: dict[str, Any] = {"reconstruction": str(out), "epochs": len(rec.errors),
+    result: dict[str, Any] = {**streaming, "reconstruction": str(out), "epochs": len(rec.errors),
                               "final_error": rec.errors[-1], "algorithm": settings.algorithm,
                               "recon_seconds": rec.seconds,
                               "recon_seconds_per_frame": rec.seconds / scan.n_frames}
@@ -179,6 +188,9 @@ def export(scan_path: str, workdir: str, params: Params,
     if progress is not None:
         progress(0.1, message="measuring quality")
     quality, x, stitched = evaluate_scan(ckpt, scan, params.get("reconstruction"))
+    from ptychoflow.remote.consistency import training_check
+
+    check = training_check(ckpt, x, params.get("reconstruction"))  # the card's physics figure
     if progress is not None:
         progress(0.5, message="exporting ONNX")
     version = params.get("version")
@@ -186,8 +198,8 @@ def export(scan_path: str, workdir: str, params: Params,
         ckpt, params.get("model_dir") or Path(workdir) / "models",
         _parity_frames(params, workdir, x),
         version=int(version) if version not in (None, "") else None,
-        metrics={"quality": quality, "quality_scan": str(path)},
-        build_tensorrt=bool(params.get("tensorrt", True)))
+        metrics={"quality": quality, "quality_scan": str(path), **check.metrics(str(path))},
+        build_tensorrt=bool(params.get("tensorrt", True)), probe=check.probe)
     if params.get("int8"):
         from ptychoflow.remote.quantize import quantize_model
 
@@ -199,6 +211,7 @@ def export(scan_path: str, workdir: str, params: Params,
     if progress is not None:
         progress(1.0, message=f"model v{result['version']} exported")
     result["quality"] = quality
+    result["metrics"] = check.metrics(str(path))  # registered with the model (the IOC's rule)
     # the map the quality was measured on, for the run report (never stitched twice)
     result["network_phase"] = str(stitched.save(Path(workdir) / NETWORK_PHASE))
     return result

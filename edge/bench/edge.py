@@ -59,6 +59,7 @@ import numpy as np
 from ptychoflow.edge.bench.baseline import PIXEL, baseline_fps, build_model
 from ptychoflow.edge.bench.codecs import codec_costs
 from ptychoflow.edge.bench.models import write_card
+from ptychoflow.edge.bench.physics import check_costs
 from ptychoflow.edge.bench.pipeline import pipeline
 from ptychoflow.edge.infer.hotswap import prepare
 from ptychoflow.edge.settings import EdgeSettings
@@ -261,6 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.update(peer)
     out["codec"] = args.codec
     out["codecs"] = codec_costs(args.size)  # ratio, bytes and decode_us of every codec
+    out["physics_check"] = check_costs(args.size)  # us per checked frame, and at the default k
     lossless = pipe["complete"] and pipe["dropped"] == 0
     if gpu:
         out["goal_gpu_20k"] = pipe["pipeline_fps"] >= 20000

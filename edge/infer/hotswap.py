@@ -27,6 +27,7 @@ from ptychoflow.edge.infer.modelcheck import (
     resolve_model_path,
     verify_card,
 )
+from ptychoflow.edge.infer.physics import FrameCheck, physics_check
 from ptychoflow.edge.infer.runners import ProcessRunner, Runner, ThreadRunner
 from ptychoflow.edge.messages import ModelNote
 from ptychoflow.edge.settings import EdgeSettings
@@ -46,9 +47,12 @@ class Served:
     of its batches is out, so no frame is dropped because of a swap.
     """
 
-    def __init__(self, info: ModelInfo, runner: Runner) -> None:
+    def __init__(self, info: ModelInfo, runner: Runner, check: FrameCheck | None = None,
+                 check_note: str = "") -> None:
         self.info = info
         self.runner = runner
+        self.check = check  # the physics check of this model's predictions, if it has one
+        self.check_note = check_note
         self._lock = threading.Lock()
         self._in_flight = 0
         self._idle = threading.Event()
@@ -58,7 +62,7 @@ class Served:
         """The note the publisher and the status PVs need."""
         info = self.info
         return ModelNote(info.version, str(info.path), info.pixel_size_m,
-                         self.runner.describe())
+                         self.runner.describe(), self.check_note)
 
     def hold(self) -> None:
         """A batch of this model was submitted."""
@@ -127,7 +131,7 @@ def prepare(spec: str, settings: EdgeSettings, model_dir: Path) -> Served:
     except Exception:
         runner.close()
         raise
-    return Served(info, runner)
+    return Served(info, runner, *physics_check(info, settings.check_every))
 
 
 def streams_for(engine: Engine, settings: EdgeSettings) -> int:

@@ -27,7 +27,7 @@ import queue
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,14 @@ class LocalBatch:
     positions: list[Position]
     served: Served
     lane: int = 0
+    inputs: np.ndarray | None = None  # the network inputs, kept for the physics check
+    check_rows: list[int] = field(default_factory=list)  # frames to check, once
 
     def outputs(self) -> tuple[np.ndarray, np.ndarray | None]:
-        """(phase, amplitude or None), each (n, H, W); raises what the engine raised."""
+        """(phase, amplitude or None), each (n, H, W); raises what the engine raised.
+
+        The first call also runs the physics check on :attr:`check_rows`.
+        """
         outs = self.future.result()
         info = self.served.info
         n = len(self.frames)
@@ -67,6 +72,10 @@ class LocalBatch:
         if info.amplitude_index is not None:
             a = outs[info.amplitude_index]
             amp = a.reshape(n, *a.shape[-2:])
+        check = self.served.check
+        if self.check_rows and check is not None and self.inputs is not None:
+            rows, self.check_rows = self.check_rows, []
+            check.apply(self.frames, self.inputs, rows, phase, amp)
         return phase, amp
 
     def release(self) -> None:
@@ -286,8 +295,9 @@ class Intake:
             arrivals, positions = [arrivals[k] for k in keep], [positions[k] for k in keep]
         if group:
             served.hold()
+            rows = served.check.rows(group) if served.check is not None else []
             self.fifo.put(LocalBatch(served.runner.submit(x), group, arrivals, positions,
-                                     served))
+                                     served, inputs=x if rows else None, check_rows=rows))
 
     def _idle_without_model(self) -> None:
         """No model yet: take frames off the queue and count them, so none is lost silently."""

@@ -47,6 +47,7 @@ from ptychoflow.edge.lanes.protocol import (
 )
 from ptychoflow.edge.messages import CLOSE, ModelChanged, QueueItem
 from ptychoflow.edge.settings import EdgeSettings
+from ptychoflow.physcheck import CHECK_ATTRIBUTE
 
 SLOTS = 4
 """Shared-memory slots per lane: batches a lane may have handed over and not got back."""
@@ -248,7 +249,9 @@ class Lane:
                     timestamps=[f.timestamp for f in b.frames],
                     scan_keys=[f.attributes.get(attr) for f in b.frames],
                     arrivals=b.arrivals, positions=b.positions, shape=tuple(phase.shape),
-                    amplitude=amp is not None, account=taken or None)
+                    amplitude=amp is not None, account=taken or None,
+                    checks=[f.attributes.get(CHECK_ATTRIBUTE) for f in b.frames]
+                    if any(CHECK_ATTRIBUTE in f.attributes for f in b.frames) else None)
         # the images go out as float32 whatever the engine's output type
         shapes = (phase.shape,) if amp is None else (phase.shape, amp.shape)
         if not self.slots.fits(*shapes) or (amp is not None and amp.shape != phase.shape):

@@ -322,8 +322,8 @@ class LaneSet:
         """A lane's batch to the publisher: its images read in place from the slot."""
         if m.account:
             self._account(h, m.account)
-        frames = [Frame(NO_IMAGE, u, t, {attr: k})
-                  for u, t, k in zip(m.unique_ids, m.timestamps, m.scan_keys, strict=True)]
+        frames = [Frame(NO_IMAGE, u, t, a)
+                  for u, t, a in zip(m.unique_ids, m.timestamps, m.attributes(attr), strict=True)]
         if m.slot is None:
             assert m.inline is not None
             (phase, amp), release = m.inline, nothing

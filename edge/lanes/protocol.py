@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.edge.messages import ModelNote, Position
+from ptychoflow.physcheck import CHECK_ATTRIBUTE
 
 Accounted = list[tuple[int, Any]]
 """(uniqueId, scan id attribute) of frames, in the order a lane took them (0: id unread)."""
@@ -112,6 +113,14 @@ class Handover:
     # the frames taken or dropped since the last message, for the ledger: they ride along
     # (one message per batch, not two); Account carries them when no batch goes out
     account: Accounted | None = None
+    # each frame's physics-check misfit (None: not checked); None when none was checked
+    checks: list[float | None] | None = None
+
+    def attributes(self, scan_attr: str) -> list[dict[str, Any]]:
+        """Each frame's attributes as the publisher needs them: scan id, physics check."""
+        checks = self.checks or [None] * len(self.unique_ids)
+        return [{scan_attr: k} if c is None else {scan_attr: k, CHECK_ATTRIBUTE: c}
+                for k, c in zip(self.scan_keys, checks, strict=True)]
 
 
 @dataclass(frozen=True)

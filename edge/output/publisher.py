@@ -28,6 +28,7 @@ from ptychoflow.edge.messages import (
     ModelNote,
     QueueItem,
 )
+from ptychoflow.edge.output.consistency import ConsistencyMeter
 from ptychoflow.edge.output.pvaserver import EdgeServer
 from ptychoflow.edge.output.stitchproc import StitchProcess, StitchProcessError
 from ptychoflow.edge.settings import EdgeSettings
@@ -63,6 +64,7 @@ class Publisher:
         self.stitcher: MapSink | None = None
         self._last_pub: Frame | None = None  # the last frame published (ids for the map)
         self._scans = ScanFollower()  # which frames start a new map, and which go on it
+        self.consistency = ConsistencyMeter()  # the physics check's running value
         self._new_stitcher()
         self._thread = threading.Thread(target=self._run, name="edge-publish", daemon=True)
 
@@ -119,7 +121,9 @@ class Publisher:
         if old is None or old.pixel_size_m != new.pixel_size_m:
             self._new_stitcher()
         self.server.post_scalar(EDGE.model_version, new.version)
-        self.message(f"now serving {new.name} (version {new.version})")
+        self.consistency.reset()
+        self.message(f"now serving {new.name} (version {new.version})"
+                     + (f"; {new.check}" if new.check else ""))
         if self.on_serving is not None:
             self.on_serving(new)
 
@@ -191,7 +195,8 @@ class Publisher:
         # (stitching between posts woke it, and the client behind it, for every frame)
         for i in keep:
             f = b.frames[i]
-            self.server.post_image(EDGE.phase, phase[i], f.unique_id, f.timestamp)
+            self.server.post_image(EDGE.phase, phase[i], f.unique_id, f.timestamp,
+                                   self.consistency.take(f))
             if amp is not None:
                 self.server.post_image(EDGE.amplitude, amp[i], f.unique_id, f.timestamp)
         stitched = False
@@ -270,3 +275,4 @@ class Publisher:
         s.post_scalar(EDGE.dropped, self.source.dropped)
         s.post_scalar(EDGE.bad_frames, self.bad)
         s.post_scalar(EDGE.unplaced, self.source.unplaced)
+        s.post_scalar(EDGE.consistency, self.consistency.value())

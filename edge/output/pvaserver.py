@@ -274,7 +274,8 @@ class EdgeServer:
 
     def post_scalar(self, spec: PVSpec, value: Any) -> None:
         """Update a scalar PV, only when the value changed, to spare the clients."""
-        if self._last.get(spec.suffix) != value:
+        last = self._last.get(spec.suffix, object())
+        if last != value and not (value != value and last != last):  # NaN: posted once
             self._last[spec.suffix] = value
             self.pvs[spec.suffix].post(value)
 

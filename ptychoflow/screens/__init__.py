@@ -133,6 +133,8 @@ WORKFLOW = Screen(
             Row(CONTROL.model_quality, "readback", "Quality (SSIM)"),
             Row(CONTROL.model_quality_target, "entry", "Quality target"),
             Row(CONTROL.model_target_met, "led", "Target met"),
+            Row(CONTROL.model_consistency_factor, "entry", "Retrain at misfit x"),
+            Row(CONTROL.model_consistency_hold, "entry", "... held for (s)"),
         )),
     ),
 )
@@ -153,6 +155,7 @@ EDGE_SCREEN = Screen(
             Row(EDGE.dropped, "readback", "Dropped"),
             Row(EDGE.bad_frames, "readback", "Bad frames"),
             Row(EDGE.unplaced, "readback", "Unplaced"),
+            Row(EDGE.consistency, "readback", "Physics misfit"),
         )),
         Section("Control", (
             Row(EDGE.enable, "toggle", "Enable"),

@@ -66,7 +66,15 @@ class SimSettings:
                                  "before NDPluginPva (lz4, bslz4: bitshuffle+LZ4, blosc, ...); "
                                  "none: uncompressed", choices=CODEC_CHOICES)
 
+    stream_frames: int = setting(0, "beside each scan file also write its frames in chunks of "
+                                    "at least this many (NAME.stream/), which the IOC ships "
+                                    "and reconstructs while the scan goes on; 0: off")
+    stream_seconds: float = setting(0.0, "also flush a chunk after this many seconds (s; 0: "
+                                         "only by --stream-frames)")
+
     def __post_init__(self) -> None:
+        if self.stream_frames < 0 or not self.stream_seconds >= 0:
+            raise ValueError("stream_frames and stream_seconds must be >= 0")
         if self.frames < 1:
             raise ValueError(f"frames must be at least 1, got {self.frames}")
         if self.rate < 0:
@@ -105,6 +113,7 @@ def load_scan(s: SimSettings, acquisition: int = 1) -> Scan:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate (or load) the scan, then serve it until done or interrupted."""
+    from ptychoflow.chunks import ChunkPolicy
     from ptychoflow.codec import require
     from ptychoflow.scanfile import ScanFileError
     from ptychoflow.sim.server import DetectorSimulator, serve
@@ -124,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     sim = DetectorSimulator(s.prefix, scan, rate=s.rate, tick_s=s.tick_ms / 1000.0,
                             out_dir=Path(s.out).resolve() if s.out else None, name=s.name,
                             next_scan=None if s.replay else lambda n: load_scan(s, n),
-                            scatter=s.scatter, codec=codec)
+                            scatter=s.scatter, codec=codec,
+                            chunks=ChunkPolicy(s.stream_frames, s.stream_seconds))
     serve(sim, acquire=not s.wait, keep_serving=s.serve or s.wait, stop=stop, delay=s.delay)
     if sim.last_file is not None:
         print(f"scan file: {sim.last_file}", flush=True)

@@ -29,6 +29,7 @@ from p4p.nt import NTScalar
 from p4p.server import Server
 from p4p.server.thread import SharedPV
 
+from ptychoflow.chunks import ChunkPolicy
 from ptychoflow.ntnda import make_frame, stamp
 from ptychoflow.pvnames import DETECTOR, PVSpec
 from ptychoflow.scanfile import Scan, ScanWriter
@@ -61,8 +62,9 @@ class DetectorSimulator:
     def __init__(self, prefix: str, scan: Scan, rate: float = 0.0,
                  out_dir: Path | None = None, name: str = "scan",
                  next_scan: Callable[[int], Scan] | None = None, tick_s: float = 0.0,
-                 scatter: int = 1, codec: str = "") -> None:
+                 scatter: int = 1, codec: str = "", chunks: ChunkPolicy | None = None) -> None:
         self.prefix = prefix
+        self.chunks = chunks  # also write the scan in chunks for streaming rPIE
         self.codec = codec
         self.scan = scan
         self.next_scan = next_scan
@@ -234,7 +236,8 @@ class DetectorSimulator:
                             distance_m=scan.distance_m, pixel_size_m=scan.pixel_size_m,
                             probe=scan.probe, truth=scan.truth,
                             truth_pixel_size_m=scan.truth_pixel_size_m,
-                            metadata=scan.metadata, expected_frames=scan.n_frames)
+                            metadata=scan.metadata, expected_frames=scan.n_frames,
+                            chunks=self.chunks)
         self.pv(DETECTOR.hdf1_full_file_name).post(str(writer.path))
         return writer
 
