@@ -49,6 +49,12 @@ class WorkflowDevice(Device):
                        put_complete=True, kind=Kind.config)
     recon_epoch = Cpt(EpicsSignalRO, CONTROL.recon_epoch.suffix)
     recon_error = Cpt(EpicsSignalRO, CONTROL.recon_error.suffix)
+    recon_streaming = Cpt(EpicsSignal, CONTROL.recon_streaming.suffix,
+                          put_complete=True, kind=Kind.config)
+    recon_phase_array_data = Cpt(EpicsSignalRO, CONTROL.recon_phase_array_data.suffix)
+    recon_phase_array_size0 = Cpt(EpicsSignalRO, CONTROL.recon_phase_array_size0.suffix)
+    recon_phase_array_size1 = Cpt(EpicsSignalRO, CONTROL.recon_phase_array_size1.suffix)
+    recon_phase_unique_id = Cpt(EpicsSignalRO, CONTROL.recon_phase_unique_id.suffix)
     train_epochs = Cpt(EpicsSignal, CONTROL.train_epochs.suffix,
                        put_complete=True, kind=Kind.config)
     train_val_fraction = Cpt(EpicsSignal, CONTROL.train_val_fraction.suffix,

@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Annotated as A
 from typing import Any
 
-from ophyd_async.core import SignalR, SignalRW, StrictEnum
+import numpy as np
+from ophyd_async.core import Array1D, SignalR, SignalRW, StrictEnum
 from ophyd_async.epics.core import EpicsDevice, PvSuffix
 
 from ptychoflow.pvnames import CONTROL
@@ -87,6 +88,13 @@ class ReconAlgorithm(StrictEnum):
     DM = "DM"
 
 
+class ReconStreaming(StrictEnum):
+    """The states of ``CONTROL.recon_streaming``."""
+
+    OFF = "Off"
+    ON = "On"
+
+
 class ModelTargetMet(StrictEnum):
     """The states of ``CONTROL.model_target_met``."""
 
@@ -116,6 +124,12 @@ class WorkflowAsync(EpicsDevice):
     recon_epochs: A[SignalRW[int], PvSuffix(CONTROL.recon_epochs.suffix)]
     recon_epoch: A[SignalR[int], PvSuffix(CONTROL.recon_epoch.suffix)]
     recon_error: A[SignalR[float], PvSuffix(CONTROL.recon_error.suffix)]
+    recon_streaming: A[SignalRW[ReconStreaming], PvSuffix(CONTROL.recon_streaming.suffix)]
+    recon_phase_array_data: A[SignalR[Array1D[np.float32]],
+                              PvSuffix(CONTROL.recon_phase_array_data.suffix)]
+    recon_phase_array_size0: A[SignalR[int], PvSuffix(CONTROL.recon_phase_array_size0.suffix)]
+    recon_phase_array_size1: A[SignalR[int], PvSuffix(CONTROL.recon_phase_array_size1.suffix)]
+    recon_phase_unique_id: A[SignalR[int], PvSuffix(CONTROL.recon_phase_unique_id.suffix)]
     train_epochs: A[SignalRW[int], PvSuffix(CONTROL.train_epochs.suffix)]
     train_val_fraction: A[SignalRW[float], PvSuffix(CONTROL.train_val_fraction.suffix)]
     train_epoch: A[SignalR[int], PvSuffix(CONTROL.train_epoch.suffix)]

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
+from ptychoflow.chunks import is_stream_folder
 from ptychoflow.ioc.compute import BackendNotConfigured, Compute
 from ptychoflow.ioc.deploy import ModelKeeper
 from ptychoflow.ioc.flowrun import FlowRunner
@@ -36,13 +37,14 @@ from ptychoflow.ioc.sitecheck import check_site, refusal
 from ptychoflow.ioc.stagerun import StageRunner
 from ptychoflow.ioc.stagetable import (
     ABORTED,
-    BY_NAME,
     COMPUTE_STAGES,
     DONE,
     FAILED,
     RESET_ON_START,
     STAGES,
+    progress_values,
 )
+from ptychoflow.ioc.streamship import Shipment
 from ptychoflow.ioc.transfer import Transfer
 from ptychoflow.pvnames import CONTROL
 from ptychoflow.stages import Cancelled, Reporter
@@ -62,20 +64,6 @@ class Sink(Protocol):
 
     def finished(self) -> None:
         """A run ended (reset Start/Abort, start the next queued scan)."""
-
-
-def progress_values(item: dict[str, Any]) -> dict[str, Any]:
-    """Read-back PV values carried by one progress record from a stage."""
-    out: dict[str, Any] = {}
-    fraction = item.get("fraction")
-    if isinstance(fraction, int | float):
-        out[CONTROL.workflow_progress.suffix] = max(0.0, min(100.0, 100.0 * float(fraction)))
-    stage = BY_NAME.get(str(item.get("stage")))
-    for key, suffix in (stage.fields if stage else {}).items():
-        v = item.get(key)
-        if isinstance(v, int | float) and not isinstance(v, bool):
-            out[suffix] = v
-    return out
 
 
 class Orchestrator:
@@ -279,6 +267,8 @@ class Orchestrator:
                         run.params["version"] = self.registry.latest_version() + 1
                     result = await self.stages.run(run, compute, stage, fns[stage.name],
                                                    scan_path, stage_dir, workdir)
+                    if run.shipment is not None:  # its chunks all arrived (or it failed)
+                        await run.shipment.finish()
                 stage_dir = None
                 results.update(result)
                 run.params.update(result)
@@ -301,6 +291,8 @@ class Orchestrator:
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
+            if run.shipment is not None:
+                run.shipment.cancel.set()
             self._leave_lineage(run)
             with self._lock:
                 self.active.pop(run.id, None)
@@ -383,6 +375,10 @@ class Orchestrator:
 
     async def _transfer(self, run: ActiveRun, transfer: Transfer, scan: Path) -> dict[str, Any]:
         """The scan to the compute site, done here on the beamline host."""
+        if is_stream_folder(scan):  # being acquired: chunks follow while it is reconstructed
+            run.shipment = Shipment(run, transfer, scan, float(run.params.get("stream_idle_s",
+                                                                               300.0)))
+            return await run.shipment.start()
         run.reporter = Reporter("transfer", CallbackQueue(lambda i: self._progress(run, i)),
                                 threading.Event())
         loop = asyncio.get_running_loop()

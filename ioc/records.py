@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from ptychoflow.pvnames import CONTROL, PVSpec
 
 MBB_PREFIXES = ("ZR", "ON", "TW", "TH", "FR", "FV", "SX", "SV",
@@ -62,6 +64,11 @@ def record_fields(spec: PVSpec) -> dict[str, str]:
     elif kind in ("lsi", "lso"):
         f["NELM"] = str(string_nelm(spec))
         f["FTVL"] = "CHAR"
+    elif kind == "waveform":  # a float image, NDStdArrays style (sizes in their own PVs)
+        f["NELM"] = str(spec.length)
+        f["FTVL"] = "FLOAT"
+        if spec.egu:
+            f["EGU"] = spec.egu
     else:
         raise ValueError(f"{spec.suffix}: record type {kind} is not a control record")
     if spec.access == "R":
@@ -124,6 +131,10 @@ def create_records(prefix: str, initial: dict[str, Any], validate: Validator,
             del fields["NELM"], fields["FTVL"]
             make = builder.longStringIn if kind == "lsi" else builder.longStringOut
             rec = make(name, initial_value=str(value), length=string_nelm(spec), **fields)
+        elif kind == "waveform":
+            del fields["NELM"], fields["FTVL"]
+            rec = builder.WaveformIn(name, length=spec.length, datatype=np.float32,
+                                     initial_value=np.zeros(1, np.float32), **fields)
         else:
             make = {"ai": builder.aIn, "ao": builder.aOut, "bi": builder.boolIn,
                     "bo": builder.boolOut, "mbbi": builder.mbbIn, "mbbo": builder.mbbOut,

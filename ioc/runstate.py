@@ -65,6 +65,8 @@ class ActiveRun:
     given_up: bool = False
     """Abort stopped waiting for a stage that would not stop (its worker is gone)."""
     abort_event: asyncio.Event = field(default_factory=asyncio.Event)
+    shipment: Any = None
+    """The chunks still on their way of a scan being acquired (ioc.streamship.Shipment)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property

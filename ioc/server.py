@@ -251,6 +251,7 @@ class ControlIoc:
             self._wake.clear()
             if not self.rec(CONTROL.workflow_auto).get():
                 continue
+            self.watcher.streaming = bool(self.rec(CONTROL.recon_streaming).get())
             await loop.run_in_executor(None, self.watcher.poll)
             if not self.gate.closed:
                 self._admit_queued()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from ptychoflow.livephase import live_phase_values
 from ptychoflow.pvnames import CONTROL, STATES
 
 IDLE, TRANSFERRING, RECONSTRUCTING, TRAINING, DEPLOYING, DONE, FAILED, ABORTED = STATES
@@ -54,3 +55,19 @@ COMPUTE_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.runs_on == "
 RESET_ON_START: dict[str, float | int] = {
     CONTROL.workflow_progress.suffix: 0.0, CONTROL.transfer_rate.suffix: 0.0,
     **{suffix: 0 for s in STAGES for suffix in s.fields.values()}}
+
+
+def progress_values(item: dict[str, Any]) -> dict[str, Any]:
+    """Read-back PV values carried by one progress record from a stage."""
+    out: dict[str, Any] = {}
+    fraction = item.get("fraction")
+    if isinstance(fraction, int | float):
+        out[CONTROL.workflow_progress.suffix] = max(0.0, min(100.0, 100.0 * float(fraction)))
+    stage = BY_NAME.get(str(item.get("stage")))
+    for key, suffix in (stage.fields if stage else {}).items():
+        v = item.get(key)
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            out[suffix] = v
+    if item.get("live_phase"):  # streaming rPIE's current image
+        out.update(live_phase_values(item["live_phase"], item.get("live_id")))
+    return out

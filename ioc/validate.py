@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ptychoflow.chunks import complete_chunks, is_stream_folder, scan_stem
 from ptychoflow.formats import check_scan_file
 from ptychoflow.pvnames import CONTROL, PVSpec
 from ptychoflow.scanfile import ScanFileError
@@ -51,7 +52,8 @@ def check_value(spec: PVSpec, value: Any) -> str | None:
 
 
 def check_scan_path(path: str, data_root: Path) -> str | None:
-    """``None`` if ``path`` names a complete scan file under ``data_root`` (or is empty).
+    """``None`` if ``path`` names a complete scan file under ``data_root`` (or is empty),
+    or the ``NAME.stream`` folder of a scan being acquired in chunks.
 
     Containment is judged on the real path, so neither ``..`` nor a symlink can
     point the workflow at a file outside the data root. The file must be of a
@@ -75,6 +77,12 @@ def check_scan_path(path: str, data_root: Path) -> str | None:
         return f"{name} {path} is outside the data root {root}{hint}"
     if path.endswith(".part"):
         return f"{name} {path} is still being written (.part); wait until it is renamed"
+    if is_stream_folder(real):  # a scan being acquired in chunks: judged by its first one
+        first = complete_chunks(real, scan_stem(real)).get(1)
+        if first is None:
+            return (f"{name} {path} holds no complete first chunk yet; wait for it or give "
+                    "the scan file")
+        real = first
     if not real.is_file():
         return f"{name} {path} does not exist or is not a file"
     try:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ptychoflow.pvnames import CONTROL
+
 MAX_SIDE = 128
 
 
@@ -46,3 +48,12 @@ def decode(record: Any) -> np.ndarray:
     if h < 1 or w < 1 or h > MAX_SIDE or w > MAX_SIDE or len(raw) != 2 * h * w:
         raise ValueError(f"live phase record of shape {h}x{w} holds {len(raw)} bytes")
     return np.frombuffer(raw, "<f2").astype(np.float32).reshape(h, w)
+
+
+def live_phase_values(record: Any, count: Any) -> dict[str, Any]:
+    """The live phase PVs (NDStdArrays: data, width, height, id) for one progress record."""
+    img = decode(record)
+    return {CONTROL.recon_phase_array_data.suffix: np.ascontiguousarray(img).ravel(),
+            CONTROL.recon_phase_array_size0.suffix: int(img.shape[1]),
+            CONTROL.recon_phase_array_size1.suffix: int(img.shape[0]),
+            CONTROL.recon_phase_unique_id.suffix: int(count or 0)}

@@ -70,6 +70,7 @@ def attr_name(suffix: str, strip: str = "") -> str:
 
 
 MESSAGE_LENGTH = 1024
+LIVE_PHASE_PIXELS = 128 * 128  # ptychoflow.livephase.MAX_SIDE squared
 PATH_LENGTH = 1024
 
 
@@ -113,6 +114,19 @@ class ControlPVs(NamedTuple):
                                   initial=100, low=1, high=10000, autosave=True)
     recon_epoch: PVSpec = PVSpec("Recon:Epoch_RBV", "longin", "R", "Reconstruction epoch")
     recon_error: PVSpec = PVSpec("Recon:Error_RBV", "ai", "R", "Reconstruction data error", prec=4)
+    recon_streaming: PVSpec = PVSpec("Recon:Streaming", "bo", "W",
+                                     "Reconstruct scans while acquired", enums=("Off", "On"),
+                                     initial=1, autosave=True)
+    # the live iterative phase, areaDetector's NDStdArrays convention (a CA client's image)
+    recon_phase_array_data: PVSpec = PVSpec("Recon:Phase:ArrayData", "waveform", "R",
+                                            "Live iterative phase image", egu="rad",
+                                            length=LIVE_PHASE_PIXELS)
+    recon_phase_array_size0: PVSpec = PVSpec("Recon:Phase:ArraySize0_RBV", "longin", "R",
+                                             "Live phase image width", egu="px")
+    recon_phase_array_size1: PVSpec = PVSpec("Recon:Phase:ArraySize1_RBV", "longin", "R",
+                                             "Live phase image height", egu="px")
+    recon_phase_unique_id: PVSpec = PVSpec("Recon:Phase:UniqueId_RBV", "longin", "R",
+                                           "Live phase images published")
     train_epochs: PVSpec = PVSpec("Train:Epochs", "longout", "W", "Training epochs", initial=50,
                                   low=1, high=1000, autosave=True)
     train_val_fraction: PVSpec = PVSpec("Train:ValFraction", "ao", "W", "Validation fraction",

@@ -6,10 +6,12 @@ is, of the PV's type, and nothing else.
 from __future__ import annotations
 
 import typing
+from typing import Any
 
+import numpy as np
 import pytest
 from ophyd import EpicsSignal, EpicsSignalRO, Kind
-from ophyd_async.core import SignalR, SignalRW, StrictEnum
+from ophyd_async.core import Array1D, SignalR, SignalRW, StrictEnum
 from ophyd_async.epics.core import PvSuffix
 
 from ptychoflow.ioc.devices import WorkflowDevice
@@ -17,8 +19,9 @@ from ptychoflow.ioc.devices_async import WorkflowAsync
 from ptychoflow.pvnames import CONTROL, PVSpec, attr_name
 
 
-def _python_type(spec: PVSpec) -> type:
-    return {"ai": float, "ao": float, "longin": int, "longout": int}.get(spec.record, str)
+def _python_type(spec: PVSpec) -> Any:
+    return {"ai": float, "ao": float, "longin": int, "longout": int,
+            "waveform": Array1D[np.float32]}.get(spec.record, str)
 
 
 def test_the_ophyd_device_has_one_component_per_control_pv():
@@ -49,7 +52,7 @@ def test_the_ophyd_async_device_has_one_typed_field_per_control_pv():
             assert issubclass(datatype, StrictEnum), spec.suffix
             assert [e.value for e in datatype] == list(spec.enums), spec.suffix
         else:
-            assert datatype is _python_type(spec), spec.suffix
+            assert datatype == _python_type(spec), spec.suffix
 
 
 def test_the_ophyd_async_signals_address_the_table_pvs_over_pva():
