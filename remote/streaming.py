@@ -147,10 +147,13 @@ class StreamingReconstruction:
             fields["live_phase"] = encode(np.angle(task_object(task)))
             self._last_live = now
             self.live += 1
+            fields["live_id"] = self.live  # the IOC's UniqueId_RBV: clients see a new image
         self.progress(fraction, message, **fields)
 
     def run(self) -> tuple[Reconstruction, Scan]:
         """Reconstruct until the last chunk, then the final epochs over the whole scan."""
+        import ptychi.api  # noqa: F401 - imported now, not when the first chunk is waiting
+
         from ptychoflow.remote.ptychi_task import (
             ptychi_task,
             quiet_ptychi,
@@ -189,15 +192,15 @@ class StreamingReconstruction:
                         f"{reader.stem}: no new chunk and no end of scan for "
                         f"{self.stream.idle_s:g} s after {reader.frames} frames; the "
                         "acquisition or the transfer stopped (see the IOC's messages)")
+                expected = _expected(reader)
                 for _ in range(self.stream.chunk_epochs):
                     err = run_epoch(task, s, self.errors)
+                    self._tell(0.8 * min(1.0, reader.frames / expected) if expected else 0.0,
+                               f"reconstructing while acquiring: {reader.frames} frames in "
+                               f"{reader.next - 1} chunk(s)", task, epoch=len(self.errors),
+                               error=err)
                     if complete_chunks(reader.folder, reader.stem).get(reader.next):
                         break  # news: take the new frames in before iterating more
-                expected = _expected(reader)
-                self._tell(0.8 * min(1.0, reader.frames / expected) if expected else 0.0,
-                           f"reconstructing while acquiring: {reader.frames} frames in "
-                           f"{reader.next - 1} chunk(s)", task, epoch=len(self.errors),
-                           error=err)
             if scan is None or task is None:
                 raise ChunkError(f"{reader.stem}: the scan ended with no frames")
             final = self.stream.final_epochs
