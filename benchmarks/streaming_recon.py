@@ -72,8 +72,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="acquisition rate, frames/s (a step scan's tens of Hz)")
     ap.add_argument("--epochs", type=int, default=40, help="after the fact: rPIE epochs")
     ap.add_argument("--chunk-frames", type=int, default=64)
-    ap.add_argument("--chunk-epochs", type=int, default=2)
-    ap.add_argument("--final-epochs", type=int, default=8)
+    ap.add_argument("--chunk-epochs", type=int, default=StreamSettings.chunk_epochs,
+                    help="epochs per step while acquiring (the stage's stream_chunk_epochs)")
+    ap.add_argument("--final-epochs", type=int, default=StreamSettings.final_epochs,
+                    help="epochs after the last chunk (the stage's stream_final_epochs)")
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args(argv)
