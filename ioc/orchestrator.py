@@ -268,7 +268,7 @@ class Orchestrator:
                     result = await self.stages.run(run, compute, stage, fns[stage.name],
                                                    scan_path, stage_dir, workdir)
                     if run.shipment is not None:  # its chunks all arrived (or it failed)
-                        await run.shipment.finish()
+                        result = {**result, **await run.shipment.finish()}  # whole transfer
                 stage_dir = None
                 results.update(result)
                 run.params.update(result)

@@ -40,6 +40,10 @@ class Row:
     kind: Kind
     label: str = ""
     value: str = "1"  # what a button writes
+    width: PVSpec | str | None = None
+    """An image sent as a flat waveform (areaDetector's NDStdArrays over CA) carries no
+    shape: the toolkits reshape it by these PVs; an NTNDArray image (PVA) needs none."""
+    height: PVSpec | str | None = None
 
     @property
     def suffix(self) -> str:
@@ -81,6 +85,12 @@ class Screen:
         """The row's label: given, or the suffix's last part without ``_RBV``."""
         return row.label or row.suffix.split(":")[-1].removesuffix("_RBV")
 
+    def size_rows(self, row: Row) -> tuple[Row, Row] | None:
+        """The width and height PVs of a waveform image as rows (``None``: an NTNDArray)."""
+        if row.width is None or row.height is None:
+            return None
+        return Row(row.width, "readback"), Row(row.height, "readback")
+
     def rows(self) -> tuple[Row, ...]:
         """Every row of the screen, images first."""
         return self.images + tuple(r for s in self.sections for r in s.rows)
@@ -92,6 +102,9 @@ WORKFLOW = Screen(
     table=CONTROL,
     protocol="ca",
     link="ptychoflow_edge",
+    # streaming rPIE's current phase while the detector is still acquiring
+    images=(Row(CONTROL.recon_phase_array_data, "image", "Live phase (rPIE while acquiring)",
+                width=CONTROL.recon_phase_array_size0, height=CONTROL.recon_phase_array_size1),),
     sections=(
         Section("Run", (
             Row(CONTROL.workflow_start, "button", "Start"),
@@ -104,6 +117,7 @@ WORKFLOW = Screen(
             Row(CONTROL.compute_backend, "combo", "Compute"),
             Row(CONTROL.recon_algorithm, "combo", "Algorithm"),
             Row(CONTROL.recon_epochs, "entry", "Recon epochs"),
+            Row(CONTROL.recon_streaming, "toggle", "Recon while acquiring"),
             Row(CONTROL.train_epochs, "entry", "Train epochs"),
             Row(CONTROL.train_val_fraction, "entry", "Val fraction"),
         )),
@@ -121,6 +135,9 @@ WORKFLOW = Screen(
             Row(CONTROL.transfer_rate, "readback", "Transfer rate"),
             Row(CONTROL.recon_epoch, "readback", "Recon epoch"),
             Row(CONTROL.recon_error, "readback", "Recon error"),
+            Row(CONTROL.recon_phase_unique_id, "readback", "Live images"),
+            Row(CONTROL.recon_phase_array_size0, "readback", "Live width"),
+            Row(CONTROL.recon_phase_array_size1, "readback", "Live height"),
             Row(CONTROL.train_epoch, "readback", "Train epoch"),
             Row(CONTROL.train_loss, "readback", "Train loss"),
             Row(CONTROL.train_val_loss, "readback", "Val loss"),

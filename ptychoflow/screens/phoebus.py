@@ -1,7 +1,8 @@
 """Phoebus Display Builder files (``.bob``, display version 2.0.0) for a :class:`Screen`.
 
 Widgets are placed absolutely, as Phoebus screens are: sections stack in
-columns, each row a label and a widget; the edge screen's images sit above.
+columns, each row a label and a widget; the images (the edge's frame and map, the
+workflow's live phase) sit above.
 Bare PV names use Phoebus' default data source (Channel Access); pvAccess
 PVs carry ``pva://``. Tooltips show the PV name and its description from the
 PV table.
@@ -84,6 +85,22 @@ def _row(parent: ET.Element, screen: Screen, row: Row, x: int, y: int) -> None:
                 **props)
 
 
+def _size_rules(el: ET.Element, screen: Screen, row: Row) -> None:
+    """A waveform image's shape from its size PVs: Phoebus draws a number array with the
+    widget's ``data_width`` x ``data_height``, which only a rule can take from a PV
+    (an NTNDArray, a VImage, brings its own and needs none).
+    """
+    sizes = screen.size_rows(row)
+    if sizes is None:
+        return
+    rules = ET.SubElement(el, "rules")
+    for prop, size in zip(("data_width", "data_height"), sizes, strict=True):
+        rule = ET.SubElement(rules, "rule", name=prop, prop_id=prop, out_exp="true")
+        exp = ET.SubElement(rule, "exp", bool_exp="pv0 > 0")  # keep the last shape on 0
+        ET.SubElement(exp, "expression").text = "pv0"
+        ET.SubElement(rule, "pv_name").text = pv_name(screen, size, MACRO)
+
+
 def bob_text(screen: Screen) -> str:
     """The ``.bob`` XML of ``screen``."""
     display = ET.Element("display", version="2.0.0")
@@ -97,9 +114,10 @@ def bob_text(screen: Screen) -> str:
         spec = screen.spec(row)
         _widget(display, "label", row.suffix.replace(":", "_") + "_label", x, top,
                 IMAGE_SIZE, ROW_H, text=screen.label(row), tooltip=spec.desc)
-        _widget(display, "image", row.suffix.replace(":", "_"), x, top + ROW_H, IMAGE_SIZE,
-                IMAGE_SIZE, pv_name=pv_name(screen, row, MACRO),
-                tooltip=f"$(pv_name)\n{spec.desc}")
+        image = _widget(display, "image", row.suffix.replace(":", "_"), x, top + ROW_H,
+                        IMAGE_SIZE, IMAGE_SIZE, pv_name=pv_name(screen, row, MACRO),
+                        tooltip=f"$(pv_name)\n{spec.desc}")
+        _size_rules(image, screen, row)
     if screen.images:
         top += ROW_H + IMAGE_SIZE + 20
     ys: dict[int, int] = {}

@@ -1,7 +1,8 @@
 """PyDM screens: Qt Designer ``.ui`` files with PyDM widgets for a :class:`Screen`.
 
 The layout is Qt's, not absolute: each section is a group box with a grid of
-label and widget, sections stack in columns, and the edge images sit on top.
+label and widget, sections stack in columns, and the images sit on top (the
+workflow's live phase is a CA waveform, reshaped by its width PV).
 Channels name their plugin, ``ca://${P}...`` for the control IOC and
 ``pva://${P}...`` for the edge (PyDM's p4p plugin decodes NTNDArray images);
 ``ptychoflow gui`` or ``pydm -m P=...`` fills in the prefix.
@@ -82,10 +83,17 @@ def _pydm_widget(screen: Screen, row: Row) -> tuple[str, tuple[Prop, ...], tuple
         return "PyDMScaleIndicator", (tip,), (channel, ("barIndicator", "bool", "true"),
                                               ("showValue", "bool", "true"))
     if row.kind == "image":
-        return "PyDMImageView", (tip, ("minimumSize", "size", f"{IMAGE_SIZE}x{IMAGE_SIZE}")), (
-            ("imageChannel", "string", pv_name(screen, row, MACRO, name_ca=True)),
-            ("dimensionOrder", "enum", "PyDMImageView::WidthFirst"),
-            ("normalizeData", "bool", "true"))
+        image: Prop = ("imageChannel", "string", pv_name(screen, row, MACRO, name_ca=True))
+        size: tuple[Prop, ...] = (("minimumSize", "size", f"{IMAGE_SIZE}x{IMAGE_SIZE}"),)
+        sizes = screen.size_rows(row)
+        shape: tuple[Prop, ...]
+        if sizes is None:  # an NTNDArray: its dimensions come [x, y]
+            shape = (("dimensionOrder", "enum", "PyDMImageView::WidthFirst"),)
+        else:  # a flat waveform, row after row: PyDM reshapes it by the width PV, and
+            # must read it C-like (its default, Fortran-like, shows the image transposed)
+            shape = (("widthChannel", "string", pv_name(screen, sizes[0], MACRO, name_ca=True)),
+                     ("readingOrder", "enum", "PyDMImageView::Clike"))
+        return "PyDMImageView", (tip, *size), (image, *shape, ("normalizeData", "bool", "true"))
     std: tuple[Prop, ...] = (tip, ("minimumSize", "size", "140x0"))
     if row.kind == "text":
         std += (("wordWrap", "bool", "true"),)

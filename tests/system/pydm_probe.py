@@ -4,7 +4,8 @@ PyDM's plugins (pyepics for CA, p4p for PVA) read the EPICS variables of their
 own process once, so the screens run apart from the test, in the environment
 the test gives them (QT_QPA_PLATFORM=offscreen). The probe samples the widgets
 every 0.25 s until the screens show live data (the edge's processed counter moved,
-both images hold finite pixels, the IOC's enum strings arrived) or the timeout
+both edge images and the workflow's live phase hold finite pixels, the IOC's enum
+strings arrived) or the timeout
 passes; it writes Auto and Recon:Epochs through the widgets as an operator
 would, saves a screenshot of each window and dumps the samples as JSON.
 Usage: python pydm_probe.py PREFIX OUT_DIR TIMEOUT EPOCHS
@@ -32,7 +33,11 @@ def image_stats(view: Any) -> dict[str, Any] | None:
         return None
     a = np.asarray(img, dtype=float)
     return {"shape": list(a.shape), "finite": bool(np.isfinite(a).all()),
-            "std": float(np.nanstd(a))}
+            "std": float(np.nanstd(a)),
+            # PyDM's image item is row-major (axis 1 is x): a ramp along x, drawn the right
+            # way round, is the same in every row and differs along each
+            "ramp_along_x": bool(a.ndim == 2 and np.ptp(a, axis=0).max() == 0
+                                 and np.ptp(a, axis=1).min() > 0)}
 
 
 def main() -> int:
@@ -67,6 +72,8 @@ def main() -> int:
             "recon_epochs": widget("workflow", "Recon_Epochs").text(),
             "auto": widget("workflow", "Workflow_Auto").isChecked(),
             "busy_connected": bool(widget("workflow", "Workflow_Busy_RBV")._connected),
+            "live": image_stats(widget("workflow", "Recon_Phase_ArrayData")),
+            "live_images": widget("workflow", "Recon_Phase_UniqueId_RBV").text(),
         }
         samples.append(s)
         if not state["written"] and s["algorithms"] and s["recon_epochs"]:
@@ -83,7 +90,7 @@ def main() -> int:
         counts = [int(x["processed"]) for x in ss if x["processed"].strip().isdigit()]
         last = ss[-1]
         return (len(set(counts)) >= 3 and all(last[k] and last[k]["finite"] and last[k]["std"] > 0
-                                              for k in ("phase", "stitched"))
+                                              for k in ("phase", "stitched", "live"))
                 and last["auto"] and last["recon_epochs"] == epochs)
 
     def finish() -> None:

@@ -3,7 +3,9 @@ show live values and write what the operator types.
 
 Three servers, each on its own loopback ports: the simulator streams frames, the
 edge follows it (and also finds its name server), the IOC serves the control
-PVs. The screens run in a subprocess (tests/system/pydm_probe.py) whose
+PVs and runs a reconstruction whose stage (``ioc_test_stages.reconstruct_live``)
+reports a live phase image as streaming rPIE does, for the workflow screen's
+image. The screens run in a subprocess (tests/system/pydm_probe.py) whose
 environment points Channel Access at the IOC and pvAccess at the edge, as an
 operator console's would.
 """
@@ -21,6 +23,7 @@ import pytest
 
 from ptychoflow.edge.bench.models import affine_model
 from ptychoflow.epicsenv import isolated_env, pva_conf
+from ptychoflow.scanfile import Scan, write_scan
 from tests.conftest import wait_for_pva
 from tests.system.edge.edge_helpers import edge_args
 
@@ -44,11 +47,25 @@ def test_pydm_screens_show_live_values_and_write_settings(start_server, prefix: 
     edge = start_server(edge_args(prefix, prefix + "Pva1:Image", model, "--pixel-size-m",
                                   "1e-8"), edge_env, name="edge")
     (tmp_path / "data").mkdir()
-    ioc = start_server(["ioc", "--prefix", prefix, "--data-root", str(tmp_path / "data"),
-                        "--work-root", str(tmp_path / "work")], ioc_env, name="ioc")
+    scan = write_scan(tmp_path / "data" / "scan.h5", Scan(
+        data=np.ones((4, 8, 8), np.uint16), positions=np.zeros((4, 2)), energy_ev=8800.0,
+        distance_m=2.0, pixel_size_m=75e-6))
+    config = tmp_path / "ioc.toml"  # the live image comes from a test stage (see above)
+    config.write_text('[ioc.stages]\nreconstruct = "ioc_test_stages:reconstruct_live"\n'
+                      'train = "ioc_test_stages:train"\nexport = "ioc_test_stages:export"\n')
+    ioc_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(HERE / "ioc"), os.environ.get("PYTHONPATH")]))
+    ioc = start_server(["--config", str(config), "ioc", "--prefix", prefix, "--data-root",
+                        str(tmp_path / "data"), "--work-root", str(tmp_path / "work")],
+                       ioc_env, name="ioc")
     wait_for_pva(sim_env, prefix + "cam1:Acquire", server=sim)
     wait_for_pva(edge_env, prefix + "Edge:Processed_RBV", server=edge)
     wait_for_pva(ioc_env, prefix + "Workflow:State_RBV", server=ioc, timeout=60)
+    from p4p.client.thread import Context
+
+    with Context("pva", conf=pva_conf(ioc_env), useenv=False) as ctx:
+        ctx.put(prefix + "Scan:Path", str(scan))
+        ctx.put(prefix + "Workflow:Start", 1)
 
     gui_env = dict(edge_env)  # pvAccess: the edge (and the simulator)
     gui_env.update({k: ioc_env[k] for k in CA_KEYS})  # Channel Access: the IOC
@@ -74,11 +91,14 @@ def test_pydm_screens_show_live_values_and_write_settings(start_server, prefix: 
 
     # the workflow screen: enum strings over CA, the state, and the operator's writes
     assert last["algorithms"] == ["rPIE", "ePIE", "LSQML", "DM"]
-    assert last["algorithm"] == "rPIE" and last["state"] == "Idle"
+    assert last["algorithm"] == "rPIE" and last["state"] == "Reconstructing", last
     assert last["busy_connected"] is True
     assert last["auto"] is True and last["recon_epochs"] == "123", last
-    from p4p.client.thread import Context
-
+    # the live phase: the CA waveform reshaped by its width PV into the stage's 40 x 48 ramp
+    live = last["live"]
+    assert live and live["finite"] and live["std"] > 0, last
+    assert live["shape"] == [40, 48] and live["ramp_along_x"], last  # height x width
+    assert last["live_images"].strip().isdigit() and int(last["live_images"]) >= 1, last
     with Context("pva", conf=pva_conf(ioc_env), useenv=False, nt=False) as ctx:
         assert int(ctx.get(prefix + "Workflow:Auto", timeout=5)["value"]["index"]) == 1
         assert int(ctx.get(prefix + "Recon:Epochs", timeout=5)["value"]) == 123

@@ -70,7 +70,9 @@ def test_workflow_screens_carry_the_operator_pvs() -> None:
               "Workflow:Progress_RBV", "Workflow:Message_RBV", "Workflow:RunId_RBV",
               "Workflow:ActiveRuns_RBV", "Workflow:QueuedScans_RBV", "Model:Version_RBV",
               "Model:Deployed_RBV", "Model:Quality_RBV", "Model:QualityTarget",
-              "Model:TargetMet_RBV", "Model:Deploy"}
+              "Model:TargetMet_RBV", "Model:Deploy", "Recon:Streaming", "Recon:Phase:ArrayData",
+              "Recon:Phase:ArraySize0_RBV", "Recon:Phase:ArraySize1_RBV",
+              "Recon:Phase:UniqueId_RBV"}
     bob = {split_pv(n) for n in bob_pvs(OP / "ptychoflow_workflow.bob")}
     ui = {split_pv(n) for n in ui_pvs(OP / "ptychoflow_workflow.ui")}
     assert {("ca", s) for s in wanted} <= bob
@@ -95,6 +97,34 @@ def test_edge_screens_show_the_images_over_pva() -> None:
     names = {split_pv(n) for n in bob_pvs(OP / "ptychoflow_edge.bob")}
     assert {("pva", s) for s in wanted} <= names
     assert names == {split_pv(n) for n in ui_pvs(OP / "ptychoflow_edge.ui")}
+
+
+def test_workflow_screens_show_the_live_phase_waveform_in_its_own_shape() -> None:
+    """Recon:Phase is a flat CA waveform (NDStdArrays): each toolkit must be told its shape."""
+    bob = ET.parse(OP / "ptychoflow_workflow.bob").getroot()
+    (image,) = [w for w in bob.iter("widget") if w.get("type") == "image"]
+    assert image.findtext("pv_name") == "$(P)Recon:Phase:ArrayData"  # bare: Channel Access
+    # Phoebus draws a number array as data_width x data_height: rules take them from the PVs
+    rules = {r.get("prop_id"): (r.get("out_exp"), r.findtext("exp/expression"),
+                                r.findtext("pv_name")) for r in image.iter("rule")}
+    assert rules == {"data_width": ("true", "pv0", "$(P)Recon:Phase:ArraySize0_RBV"),
+                     "data_height": ("true", "pv0", "$(P)Recon:Phase:ArraySize1_RBV")}
+    ui = ET.parse(OP / "ptychoflow_workflow.ui").getroot()
+    (view,) = [w for w in ui.iter("widget") if w.get("class") == "PyDMImageView"]
+    assert view.findtext("property[@name='imageChannel']/string") == \
+        "ca://${P}Recon:Phase:ArrayData"
+    assert view.findtext("property[@name='widthChannel']/string") == \
+        "ca://${P}Recon:Phase:ArraySize0_RBV"
+    # the waveform is row after row (C order); PyDM's default reading order (Fortran) would
+    # show it transposed, and WidthFirst (for NTNDArrays) fails on a flat array
+    assert view.findtext("property[@name='readingOrder']/enum") == "PyDMImageView::Clike"
+    assert view.find("property[@name='dimensionOrder']") is None
+    # the operator turns streaming on and off from the same screen
+    toggle = next(w for w in bob.iter("widget") if w.findtext("name") == "Recon_Streaming")
+    assert toggle.get("type") == "bool_button" and toggle.findtext("on_label") == "On"
+    box = next(w for w in ui.iter("widget") if w.get("name") == "Recon_Streaming")
+    assert box.get("class") == "PyDMCheckbox"
+    assert box.findtext("property[@name='channel']/string") == "ca://${P}Recon:Streaming"
 
 
 def test_long_strings_are_shown_and_written_as_text() -> None:

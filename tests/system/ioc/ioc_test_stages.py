@@ -194,3 +194,22 @@ def reconstruct_cut_input(scan_path: str, workdir: str, params: dict[str, Any],
         size = os.path.getsize(scan_path)
         os.truncate(scan_path, size // 2)
     return reconstruct(scan_path, workdir, params, progress)
+
+
+def reconstruct_live(scan_path: str, workdir: str, params: dict[str, Any],
+                     progress: Any = None) -> dict[str, Any]:
+    """Reports a live phase image as streaming rPIE does (``live_phase``, ``live_id``) a few
+    times a second for up to a minute, then reconstructs: for screens to show it.
+
+    The image is 40 high and 48 wide, a ramp along x: a viewer that swaps the axes or
+    reads the waveform in the wrong order shows another shape or stripes the other way.
+    """
+    from ptychoflow.livephase import encode
+
+    ramp = np.linspace(-np.pi / 2, np.pi / 2, 48, dtype=np.float32)
+    record = encode(np.broadcast_to(ramp, (40, 48)).copy())
+    for i in range(1, 201):
+        if progress:
+            progress(0.5, "reconstructing while acquiring", live_phase=record, live_id=i)
+        time.sleep(0.3)
+    return reconstruct(scan_path, workdir, params, progress)
