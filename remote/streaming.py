@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ptychoflow.chunks import ChunkError, complete_chunks, read_manifest
+from ptychoflow.chunks import ChunkError, complete_chunks, manifest_name, read_manifest
 from ptychoflow.livephase import encode
 from ptychoflow.remote.recon import Progress, ReconSettings, Reconstruction
 from ptychoflow.scanfile import Scan
@@ -92,6 +92,11 @@ class ChunkReader:
         if self.manifest is None:
             self.manifest = read_manifest(self.folder, self.stem)
         return added
+
+    def news(self) -> bool:
+        """A chunk or the manifest is waiting to be read (a cheap look, nothing read)."""
+        return (self.next in complete_chunks(self.folder, self.stem) or
+                (self.manifest is None and (self.folder / manifest_name(self.stem)).exists()))
 
     @property
     def ended(self) -> bool:
@@ -199,8 +204,8 @@ class StreamingReconstruction:
                                f"reconstructing while acquiring: {reader.frames} frames in "
                                f"{reader.next - 1} chunk(s)", task, epoch=len(self.errors),
                                error=err)
-                    if complete_chunks(reader.folder, reader.stem).get(reader.next):
-                        break  # news: take the new frames in before iterating more
+                    if reader.news():
+                        break  # take the new frames (or the end) in before iterating more
             if scan is None or task is None:
                 raise ChunkError(f"{reader.stem}: the scan ended with no frames")
             final = self.stream.final_epochs
