@@ -39,7 +39,7 @@ class DemoSettings:
     size: int = setting(64, "frame size in pixels", choices=[64, 128, 256, 512])
     rate: float = setting(200.0, "detector frame rate (Hz)")
     recon_epochs: int = setting(40, "rPIE epochs per scan")
-    train_epochs: int = setting(30, "training epochs per scan")
+    train_epochs: int = setting(50, "training epochs per scan")
     timeout: float = setting(1800.0, "give up after this many seconds per run")
     int8: bool = setting(False, "each export also writes an int8 copy and the edge serves it "
                                 "(the IOC's int8_models, the edge's --int8)")

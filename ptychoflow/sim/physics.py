@@ -22,6 +22,8 @@ from ptychoflow.scanfile import PLANCK_EV_M, Scan, read_scan
 GOLDEN_ANGLE = np.pi * (3.0 - np.sqrt(5.0))
 FRAME_SIZES = (64, 128, 256, 512)
 DTYPES: dict[str, type[np.integer]] = {"uint16": np.uint16, "int32": np.int32}
+NATURAL = "natural"
+"""``simulate_scan(obj=NATURAL)``: a generated natural-looking sample, no image file."""
 
 
 def object_pixel_size(size: int, energy_ev: float, distance_m: float,
@@ -74,6 +76,45 @@ def sample_pattern(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     return (np.clip(amplitude, 0.6, 1.0) * np.exp(1j * phase)).astype(np.complex64)
 
 
+def natural_image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """A natural-looking texture in [0, 1]: a 1/f (fractal) field plus soft-edged grains.
+
+    A sample of another kind than :func:`sample_pattern`: no star, no rings, no
+    symmetry about the scan centre, and the 1/f spectrum of natural images (structure
+    at every scale), so a network trained on the test pattern meets it unprepared. Made
+    here rather than read from a picture, so nothing is downloaded; ``seed`` gives
+    another piece of the same kind of sample.
+    """
+    h, w = shape
+    rng = np.random.default_rng(seed)
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.fftfreq(w)[None, :]
+    f = np.hypot(fy, fx)
+    f[0, 0] = 1.0
+    spectrum = (rng.normal(size=shape) + 1j * rng.normal(size=shape)) / f
+    spectrum[0, 0] = 0.0
+    field = np.fft.ifft2(spectrum).real
+    field = (field - field.mean()) / (field.std() or 1.0)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    grains = np.zeros(shape)
+    for _ in range(max(4, h * w // 1500)):  # about one grain per 40x40 pixels
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        ry, rx = rng.uniform(3, max(4.0, min(h, w) / 12), 2)
+        t = rng.uniform(0, np.pi)
+        u = ((y - cy) * np.cos(t) + (x - cx) * np.sin(t)) / ry
+        v = (-(y - cy) * np.sin(t) + (x - cx) * np.cos(t)) / rx
+        grains += rng.uniform(0.5, 1.5) / (1 + np.exp(8 * (np.hypot(u, v) - 1)))
+    a = 0.5 * field + grains
+    lo, hi = np.percentile(a, [0.5, 99.5])
+    return np.clip((a - lo) / (hi - lo or 1.0), 0.0, 1.0)
+
+
+def complex_object(image: np.ndarray, phase_range: float = 1.0) -> np.ndarray:
+    """Brightness in [0, 1] as phase in [-phase_range, phase_range], with some absorption."""
+    return ((1.0 - 0.3 * image) * np.exp(1j * phase_range * (image - 0.5) * 2)) \
+        .astype(np.complex64)
+
+
 def object_from_image(path: str | Path, shape: tuple[int, int],
                       phase_range: float = 1.0) -> np.ndarray:
     """A complex object from any image file: brightness becomes phase (and some absorption)."""
@@ -86,7 +127,7 @@ def object_from_image(path: str | Path, shape: tuple[int, int],
     a = np.asarray(img, dtype=np.float64)
     span = a.max() - a.min()
     a = (a - a.min()) / span if span > 0 else np.zeros_like(a)
-    return ((1.0 - 0.3 * a) * np.exp(1j * phase_range * (a - 0.5) * 2)).astype(np.complex64)
+    return complex_object(a, phase_range)
 
 
 def make_probe(size: int, pixel_m: float, wavelength_m: float, kind: str = "zoneplate",
@@ -171,8 +212,9 @@ def simulate_scan(n_frames: int = 963, size: int = 128, step_m: float = 50e-9,
                   pixel_size_m: float = 75e-6) -> Scan:
     """Simulate a whole scan: frames, positions, probe and the truth object.
 
-    ``obj`` is ``None`` for the built-in test pattern, an image file, or a scan
-    file whose truth is reused (at this scan's pixel size).
+    ``obj`` is ``None`` for the built-in test pattern, ``"natural"`` for
+    :func:`natural_image` (``seed`` picks the piece), an image file, or a scan file
+    whose truth is reused (at this scan's pixel size).
     """
     if size not in FRAME_SIZES:
         raise ValueError(f"frame size {size} is not one of {FRAME_SIZES}")
@@ -186,6 +228,8 @@ def simulate_scan(n_frames: int = 963, size: int = 128, step_m: float = 50e-9,
     shape = object_shape_for(pos_px, size)
     if obj is None:
         truth = sample_pattern(shape, seed)
+    elif str(obj) == NATURAL:
+        truth = complex_object(natural_image(shape, seed))
     elif str(obj).endswith((".h5", ".cxi", ".npz.bz2")):
         src = read_scan(obj)
         if src.truth is None:
