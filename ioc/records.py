@@ -45,7 +45,7 @@ def _num(x: float) -> str:
 
 def record_fields(spec: PVSpec) -> dict[str, str]:
     """EPICS fields (DESC, EGU, limits, states...) of one control PV, as strings."""
-    f: dict[str, str] = {"DESC": spec.desc[:40]}
+    f: dict[str, str] = {"DESC": spec.desc[:39]}  # DESC holds 40 bytes with the NUL
     kind = spec.record
     if kind in ("ai", "ao", "longin", "longout"):
         if spec.egu:
