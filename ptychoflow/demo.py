@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -38,8 +39,8 @@ class DemoSettings:
     frames: int = setting(400, "frames per scan")
     size: int = setting(64, "frame size in pixels", choices=[64, 128, 256, 512])
     rate: float = setting(200.0, "detector frame rate (Hz)")
-    recon_epochs: int = setting(40, "rPIE epochs per scan")
-    train_epochs: int = setting(50, "training epochs per scan")
+    recon_epochs: int = setting(25, "rPIE epochs per scan")
+    train_epochs: int = setting(80, "training epochs per scan")
     timeout: float = setting(1800.0, "give up after this many seconds per run")
     int8: bool = setting(False, "each export also writes an int8 copy and the edge serves it "
                                 "(the IOC's int8_models, the edge's --int8)")
@@ -203,7 +204,9 @@ class Demo:
             f'work_root = "{self.work}"\nedge_prefix = "{self.p}"\n'
             f'int8_models = {"true" if self.s.int8 else "false"}\n'
             + ('[compute.parsl]\nprovider = "local"\nworkers = 2\n'
-               if self.s.compute == "Parsl" else ""))
+               if self.s.compute == "Parsl" else
+               # every core to each stage: they rarely overlap here; training is the longest
+               f"[compute.local]\nthreads_per_worker = {os.cpu_count() or 1}\n"))
         self.procs.start("ioc", ["--config", str(cfg), "ioc"])
         self.wait_pv("ioc", CONTROL.workflow_state, timeout=120)
         self.say(f"IOC up: {self.p}Workflow:* over CA and PVA")
