@@ -24,6 +24,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ class ChunkWriter:
     """
 
     def __init__(self, scan_path: str | os.PathLike[str], template: Scan, policy: ChunkPolicy,
-                 expected_frames: int = 0) -> None:
+                 write: Callable[[Path, Scan], Path], expected_frames: int = 0) -> None:
         if not policy.on:
             raise ValueError("a ChunkWriter needs chunk frames or seconds > 0")
         self.stem = scan_stem(scan_path)
@@ -150,6 +151,7 @@ class ChunkWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.template = template
         self.policy = policy
+        self.write = write  # ptychoflow.scanfile.write_scan: atomic, as every scan file
         self.expected = expected_frames
         self.written: list[Path] = []
         self.frames = 0
@@ -178,9 +180,7 @@ class ChunkWriter:
                         truth_pixel_size_m=t.truth_pixel_size_m if n == 1 else None,
                         metadata={**t.metadata, "chunk": n, "first_frame": self.frames,
                                   "expected_frames": self.expected})
-        from ptychoflow.scanfile import write_scan  # scanfile imports this module
-
-        path = write_scan(self.folder / chunk_name(self.stem, n), chunk)
+        path = self.write(self.folder / chunk_name(self.stem, n), chunk)
         self.written.append(path)
         self.frames += len(data)
         self._buf, self._buffered, self._last = [], 0, time.monotonic()

@@ -112,7 +112,7 @@ class ScanWriter:
             self._chunks = ChunkWriter(self.path, Scan(
                 np.empty((0, *frame_shape), dtype), np.empty((0, 2)), energy_ev, distance_m,
                 pixel_size_m, probe, truth, truth_pixel_size_m, dict(metadata or {})),
-                chunks, expected_frames)
+                chunks, write_scan, expected_frames)
 
     @property
     def frames_written(self) -> int:
