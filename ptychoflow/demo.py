@@ -338,6 +338,9 @@ class Demo:
 def run(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 only if every run ended Done and the edge served the models."""
     s = resolve(DemoSettings, "demo", args)
+    # Ctrl-C (even where a shell's background job ignores it) and a kill stop the servers too
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     demo = Demo(s)
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(demo.env.items())
                        if k.startswith("EPICS_") and k != "EPICS_PVA_SERVER_PORT")
@@ -365,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
         if s.keep_running:
             keep_running(demo, exports)
     except (RuntimeError, KeyboardInterrupt) as exc:
-        print(f"ptychoflow demo: stopped: {exc}", file=sys.stderr)
+        print(f"ptychoflow demo: stopped: {exc or 'interrupted'}", file=sys.stderr)
         return 1
     finally:
         if demo.ctx is not None:
@@ -378,9 +381,6 @@ def run(args: argparse.Namespace) -> int:
 
 def keep_running(demo: Demo, exports: str) -> None:
     """Leave the services up until Ctrl-C or SIGTERM; say how to watch them."""
-    import signal
-    import threading
-
     p = demo.p
     demo.say("simulator, IOC and edge keep running; in another terminal:\n"
              f"  export {exports}\n"
@@ -389,12 +389,8 @@ def keep_running(demo: Demo, exports: str) -> None:
              f"  pvput {DETECTOR.cam1_acquire.name(p)} 1            # acquire another scan "
              "(Auto runs it)\n"
              "Ctrl-C stops the demo")
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (run's handlers)
         pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
