@@ -28,7 +28,12 @@ import numpy as np
 
 from ptychoflow.chunks import ChunkError, complete_chunks, manifest_name, read_manifest
 from ptychoflow.livephase import encode
-from ptychoflow.remote.recon import Progress, ReconSettings, Reconstruction
+from ptychoflow.remote.recon import (
+    Progress,
+    ReconSettings,
+    Reconstruction,
+    ReconstructionError,
+)
 from ptychoflow.scanfile import Scan
 
 ReadChunk = Callable[[Path], Scan]
@@ -232,9 +237,12 @@ def reconstruct_chunks(params: dict[str, Any], workdir: str, settings: ReconSett
     """
     from ptychoflow.scanfile import read_scan, write_scan
 
+    try:
+        stream = StreamSettings.from_params(params)
+    except (TypeError, ValueError) as exc:
+        raise ReconstructionError(f"streaming parameters: {exc}") from exc
     reader = ChunkReader(Path(params["stream_dir"]), str(params["stream_stem"]), read_scan)
-    run = StreamingReconstruction(reader, settings, StreamSettings.from_params(params),
-                                  progress, convert)
+    run = StreamingReconstruction(reader, settings, stream, progress, convert)
     rec, scan = run.run()
     whole = write_scan(Path(workdir) / f"{reader.stem}.h5", reader.scan())
     scan.metadata["path"] = str(whole)
