@@ -117,17 +117,12 @@ def _quality(work: Path, p: dict[str, Any], held: dict[str, Any]) -> dict[str, A
 
 def _rpie_vs_truth(p: dict[str, Any]) -> dict[str, float]:
     """How close rPIE itself gets to the truth on the held-out scan (for context)."""
-    from ptychoflow.remote.pairs import ObjectGrid
-    from ptychoflow.remote.quality import object_quality
+    from ptychoflow.remote.quality import reconstruction_vs_truth
     from ptychoflow.remote.recon import read_reconstruction
     from ptychoflow.scanfile import read_scan
 
-    scan = read_scan(p["path"])
-    rec = read_reconstruction(p["reconstruction"])
-    return object_quality(ObjectGrid.centred(rec.object, rec.pixel_size_m),
-                          ObjectGrid.centred(scan.truth, scan.truth_pixel_size_m),
-                          scan.positions, 0.25 * scan.frame_shape[0] *
-                          scan.object_pixel_size_m)
+    return reconstruction_vs_truth(read_reconstruction(p["reconstruction"]),
+                                   read_scan(p["path"]))
 
 
 if __name__ == "__main__":

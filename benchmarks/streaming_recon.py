@@ -29,8 +29,7 @@ from typing import Any
 import numpy as np
 
 from ptychoflow.chunks import ChunkPolicy, scan_stem, stream_folder
-from ptychoflow.remote.pairs import ObjectGrid
-from ptychoflow.remote.quality import object_quality
+from ptychoflow.remote.quality import reconstruction_vs_truth
 from ptychoflow.remote.recon import ReconSettings, Reconstruction, reconstruct_scan
 from ptychoflow.remote.streaming import ChunkReader, StreamingReconstruction, StreamSettings
 from ptychoflow.scanfile import Scan, ScanWriter, read_scan
@@ -56,11 +55,7 @@ def acquire(scan: Scan, path: Path, rate: float, chunk: int, closed: list[float]
 
 def correlation(rec: Reconstruction, scan: Scan) -> float:
     """Phase correlation of a reconstruction with the simulated truth, where the scan reached."""
-    assert scan.truth is not None and scan.truth_pixel_size_m is not None
-    q = object_quality(ObjectGrid.centred(rec.object, rec.pixel_size_m),
-                       ObjectGrid.centred(scan.truth, scan.truth_pixel_size_m),
-                       scan.positions, 0.25 * scan.frame_shape[0] * scan.object_pixel_size_m)
-    return float(q["correlation"])
+    return float(reconstruction_vs_truth(rec, scan)["correlation"])
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -238,3 +238,13 @@ def scan_quality_and_map(phases: np.ndarray, scan: Scan, pixel_m: float,
     q = stitched_quality(st, phases.shape[-1], refs)
     q["reference"] = next(iter(refs))
     return q, phase_map(st)
+
+
+def reconstruction_vs_truth(rec: Any, scan: Scan) -> dict[str, float]:
+    """A reconstruction of a simulated scan against its truth, near the scan positions
+    (within a quarter of the frame's field): SSIM, PSNR, RMSE and ``correlation``.
+    """
+    assert scan.truth is not None and scan.truth_pixel_size_m is not None
+    return object_quality(ObjectGrid.centred(rec.object, rec.pixel_size_m),
+                          ObjectGrid.centred(scan.truth, scan.truth_pixel_size_m),
+                          scan.positions, 0.25 * scan.frame_shape[0] * scan.object_pixel_size_m)

@@ -16,8 +16,7 @@ import pytest
 from ptychoflow.chunks import ChunkPolicy, stream_folder
 from ptychoflow.livephase import decode
 from ptychoflow.remote import stages
-from ptychoflow.remote.pairs import ObjectGrid
-from ptychoflow.remote.quality import object_quality
+from ptychoflow.remote.quality import reconstruction_vs_truth
 from ptychoflow.remote.recon import Reconstruction, read_reconstruction
 from ptychoflow.scanfile import Scan, ScanWriter, read_scan
 from ptychoflow.sim.physics import simulate_scan
@@ -49,11 +48,7 @@ def acquire(scan: Scan, path: Path, rate: float, closed: list[float]) -> None:
 
 
 def correlation(rec: Reconstruction, scan: Scan) -> float:
-    assert scan.truth is not None and scan.truth_pixel_size_m is not None
-    return object_quality(ObjectGrid.centred(rec.object, rec.pixel_size_m),
-                          ObjectGrid.centred(scan.truth, scan.truth_pixel_size_m),
-                          scan.positions, 0.25 * scan.frame_shape[0] *
-                          scan.object_pixel_size_m)["correlation"]
+    return reconstruction_vs_truth(rec, scan)["correlation"]
 
 
 @pytest.mark.timeout(600)
