@@ -79,3 +79,10 @@ class EdgeLoadPV:
 
     def close(self) -> None:
         self.server.stop()
+
+
+def settled_without_partial_files(folder: Path, ioc: Any, timeout: float = 30.0) -> None:
+    """Wait until no ``*.part`` is left under ``folder``: each ended run's report is written
+    off the IOC's loop (a hidden .part, then renamed), so a run's end does not wait for it."""
+    wait_for(lambda: not list(folder.rglob("*.part")), timeout, f"no partial file in {folder}",
+             ioc)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ioc_helpers import EdgeLoadPV, make_scan, wait_for
+from ioc_helpers import EdgeLoadPV, make_scan, settled_without_partial_files, wait_for
 from test_ioc_workflow import message, put_start, wait_final
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
@@ -77,7 +77,7 @@ def test_abort_on_parsl_leaves_nothing_half_written_and_the_next_run_works(iocs,
     run_dir = ioc.work / "runs" / "run-00001"
     assert not (run_dir / "reconstruct").exists()
     assert (run_dir / "transfer" / "scan.h5").is_file()  # the finished transfer stays
-    assert not list(run_dir.rglob("*.part"))
+    settled_without_partial_files(run_dir, ioc)
     pva.put(ioc.pv("Recon:Epochs"), 2)
     n = put_start(pva, ioc)
     assert wait_final(pva, ioc, 60, run=n) == "Done", message(pva, ioc)
@@ -196,7 +196,5 @@ def test_abort_stops_every_overlapping_run_and_leaves_no_partial_stage(iocs, pva
     assert [s for _, _, s, _ in rows] == ["Aborted", "Aborted"]
     assert not (ioc.work / "runs" / "run-00001" / "train").exists()
     assert (ioc.work / "runs" / "run-00002" / "reconstruct" / "recon.npy").is_file()
-    # each ended run's report is written off the loop (a hidden .part, then renamed): once
-    # they are, nothing partial is left anywhere
-    wait_for(lambda: not list(ioc.work.rglob("*.part")), 30, "no partial file", ioc)
+    settled_without_partial_files(ioc.work, ioc)
     assert pva.get(ioc.pv("Workflow:ActiveRuns_RBV")) == 0
