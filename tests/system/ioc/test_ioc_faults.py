@@ -278,6 +278,10 @@ def test_a_full_disk_fails_the_run_naming_the_folder_and_the_edge_keeps_serving(
             "is full" in said, said
         # a setting put on a disk with no room at all applies, and says it is not saved
         _fill(small_disk, leave=0)
+        # the failed runs' reports are written off the loop and say so on Message_RBV: let
+        # them be said first, so they do not overwrite what the put says
+        wait_for(lambda: "run 3 not written" in ioc.log() or "run 3 report" in ioc.log(), 20,
+                 "run 3's report", ioc)
         pva.put(ioc.pv("Recon:Epochs"), 3)
         wait_for(lambda: "could not be saved" in message(pva, ioc), 10, "not saved", ioc)
         assert pva.get(ioc.pv("Recon:Epochs")) == 3
